@@ -1,0 +1,5 @@
+import sys
+
+from cowork.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The egress gateway: the guest's only way out, with grants as capabilities."""

@@ -1,0 +1,1 @@
+"""Virtual machines: a backend-neutral :class:`~cowork.host.vm.spec.VMSpec` and backends."""
