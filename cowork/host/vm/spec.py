@@ -90,6 +90,18 @@ class VMSpec:
             seen.add(share.tag)
             if not share.source.is_absolute():
                 out.append(f"share {share.tag} source {str(share.source)!r}: must be absolute")
+        paths = [
+            ("kernel", self.kernel),
+            ("initrd", self.initrd),
+            ("disk", self.disk),
+            ("seed", self.seed),
+            ("channel_socket", self.channel_socket),
+            ("console_log", self.console_log),
+        ] + [(f"share {share.tag} source", share.source) for share in self.shares]
+        for label, path in paths:
+            # A control character cannot be written into libvirt's XML (or QEMU's argv) as is.
+            if any(ord(c) < 32 or ord(c) == 127 for c in str(path)):
+                out.append(f"{label} {str(path)!r}: contains control characters; rename it")
         for key, value in (("cmdline", self.cmdline), ("seed_serial", self.seed_serial)):
             if any(ord(c) < 32 for c in value):
                 out.append(f"{key}: contains control characters")

@@ -1,0 +1,92 @@
+"""The VM backend protocol: lifecycle verbs every hypervisor backend implements.
+
+Contract:
+- A backend only manages VMs whose name starts with :data:`NAME_PREFIX`; ``list()`` never
+  reports anything else and ``validate`` refuses a spec with another name.
+- What a backend can do is data (:class:`BackendCapabilities`). A verb a backend cannot
+  perform raises :class:`UnsupportedError`; it never silently does nothing.
+- ``destroy`` is idempotent: it forces the VM off and removes every trace of it from the
+  hypervisor, and succeeds when there is nothing left to remove.
+- Errors from the hypervisor are :class:`~cowork.errors.BackendError` with a message for a
+  person; a spec that cannot be run is a :class:`~cowork.errors.UsageError`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from cowork.errors import BackendError
+from cowork.host.vm.spec import Accel, VMSpec
+
+#: Every VM cowork creates is named ``cowork-…``; nothing else is touched or listed.
+NAME_PREFIX = "cowork-"
+
+
+class UnsupportedError(BackendError):
+    """The backend cannot do what was asked (e.g. a transport or accelerator it lacks)."""
+
+
+class VMState(enum.StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTOFF = "shutoff"  # defined but not running
+    CRASHED = "crashed"
+    MISSING = "missing"  # not known to the hypervisor at all
+
+
+@dataclass(frozen=True)
+class VMStatus:
+    name: str
+    state: VMState
+    accel: Accel | None = None  # None when the VM is missing
+    pid: int | None = None  # the hypervisor process, when known
+    started_at: float | None = None  # epoch seconds, when known
+
+
+@dataclass(frozen=True)
+class BackendCapabilities:
+    name: str  # "libvirt", "vfkit"
+    shared_folder_transports: tuple[str, ...]  # "9p", "virtiofs"
+    readonly_shares_enforced_by_host: bool
+    channel_kinds: tuple[str, ...]  # "virtio-serial", "vsock"
+    accelerators: tuple[Accel, ...]  # usable on this host, best first
+
+
+@runtime_checkable
+class VMBackend(Protocol):
+    """Lifecycle of sealed guest VMs on one hypervisor."""
+
+    @property
+    def capabilities(self) -> BackendCapabilities: ...
+
+    def validate(self, spec: VMSpec) -> None:
+        """Raise UsageError listing every reason ``spec`` cannot run here; else return."""
+
+    def create(self, spec: VMSpec) -> None:
+        """Make the VM known to the hypervisor (persistently), not yet running."""
+
+    def start(self, name: str) -> None:
+        """Boot a created VM."""
+
+    def stop(self, name: str, timeout: float) -> None:
+        """Ask the guest to power off; force it off after ``timeout`` seconds."""
+
+    def destroy(self, name: str) -> None:
+        """Force off and remove every trace from the hypervisor; no error if missing."""
+
+    def status(self, name: str) -> VMStatus:
+        """The VM's state; :attr:`VMState.MISSING` if the hypervisor does not know it."""
+
+    def list(self) -> list[VMStatus]:
+        """Every cowork VM (name starting with :data:`NAME_PREFIX`) the hypervisor knows."""
+
+
+def check_name(name: str) -> None:
+    """Refuse to act on a VM that is not cowork's (fail closed on foreign names)."""
+    if not name.startswith(NAME_PREFIX) or len(name) <= len(NAME_PREFIX):
+        raise BackendError(
+            f"VM {name!r} is not a cowork VM: cowork only manages VMs named "
+            f"{NAME_PREFIX}<something>"
+        )
