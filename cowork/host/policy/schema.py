@@ -1,0 +1,225 @@
+"""The one versioned schema for everything configurable in cowork.
+
+The same document shape is used by every layer (admin policy, user settings, a trusted
+workspace's ``.cowork.toml``); which keys a layer may actually change is decided by
+:mod:`cowork.host.policy.merge`. Every model is frozen and rejects unknown keys.
+
+Shape (TOML)::
+
+    version = 1
+    locks = ["egress.grants", "agent.base_url"]
+
+    [vm]        cpus, memory_mib, accel, libvirt_uri, keep_overlay, boot_timeout_s
+    [mounts]    workspace_writable, claude_dir, claude_writable
+    [egress]    grants (list of Grant), deny_hosts, allow_websockets, max_body_mib
+    [agent]     model, base_url, approval_mode, allowed_approval_modes, max_turns, max_tokens
+    [audit]     log_path, otel_endpoint
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from cowork.host.egress.grants import Grant, check_host_pattern
+
+SCHEMA_VERSION = 1
+
+ApprovalMode = Literal["ask", "auto", "deny-risky"]
+#: Strictness of each approval mode; a higher rank is narrower (fewer actions run unasked).
+APPROVAL_RANK: dict[str, int] = {"auto": 0, "ask": 1, "deny-risky": 2}
+ALL_APPROVAL_MODES: tuple[ApprovalMode, ...] = ("ask", "auto", "deny-risky")
+
+
+def _check_url(value: str | None, key: str) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"{key} {value!r}: use an absolute http(s) URL, e.g. 'https://host/path'")
+    if parts.username or parts.password:
+        raise ValueError(f"{key}: do not put credentials in the URL; store them in the OS keychain")
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class VMSection(_Section):
+    cpus: int = Field(default=2, ge=1, le=64, description="Virtual CPUs for the guest.")
+    memory_mib: int = Field(default=2048, ge=256, le=262144, description="Guest memory in MiB.")
+    accel: Literal["auto", "kvm", "tcg"] = Field(
+        default="auto", description="'auto' uses KVM where usable, else software emulation."
+    )
+    libvirt_uri: str | None = Field(
+        default=None, description="libvirt connection URI; default qemu:///session for users."
+    )
+    keep_overlay: bool = Field(
+        default=False, description="Keep the session's copy-on-write disk after it ends."
+    )
+    boot_timeout_s: int = Field(
+        default=300, ge=10, le=3600, description="Destroy a guest not ready after this long."
+    )
+
+
+class MountsSection(_Section):
+    workspace_writable: bool = Field(default=True, description="Share the workspace read-write.")
+    claude_dir: Path | None = Field(
+        default=None, description="The .claude folder shared into the VM; default ~/.claude."
+    )
+    claude_writable: bool = Field(
+        default=False,
+        description="Share the .claude folder read-write. Only admin policy can turn this on; "
+        "a workspace's own .claude folder is always read-only.",
+    )
+
+    @field_validator("claude_dir")
+    @classmethod
+    def _absolute(cls, v: Path | None) -> Path | None:
+        if v is not None and not (v.is_absolute() or str(v).startswith("~")):
+            raise ValueError(f"claude_dir {str(v)!r}: use an absolute path or one starting '~'")
+        return v
+
+
+class EgressSection(_Section):
+    grants: tuple[Grant, ...] = Field(
+        default=(), description="Capabilities to reach HTTP(S) services (deny by default)."
+    )
+    deny_hosts: tuple[str, ...] = Field(
+        default=(), description="Hosts (or '*.' wildcards) no grant may reach, from any layer."
+    )
+    allow_websockets: bool = Field(
+        default=False, description="Let grants marked websocket=true upgrade to WebSocket."
+    )
+    max_body_mib: int = Field(default=64, ge=1, le=4096, description="Largest request body.")
+
+    @field_validator("deny_hosts")
+    @classmethod
+    def _hosts(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(check_host_pattern(h) for h in v)
+
+    @field_validator("grants")
+    @classmethod
+    def _unique(cls, v: tuple[Grant, ...]) -> tuple[Grant, ...]:
+        seen: set[str] = set()
+        for g in v:
+            if g.id in seen:
+                raise ValueError(f"grant id {g.id!r} appears twice; give each grant its own id")
+            seen.add(g.id)
+        return v
+
+
+class AgentSection(_Section):
+    model: str = Field(default="claude-sonnet-4-5", min_length=1, max_length=200)
+    base_url: str | None = Field(
+        default=None, description="Model API base URL; only admin or user settings can set it."
+    )
+    approval_mode: ApprovalMode = Field(
+        default="auto", description="How actions are approved: ask, auto or deny-risky."
+    )
+    allowed_approval_modes: tuple[ApprovalMode, ...] = Field(
+        default=ALL_APPROVAL_MODES, min_length=1, description="Modes a lower layer may choose."
+    )
+    max_turns: int = Field(default=50, ge=1, le=10000)
+    max_tokens: int = Field(default=8192, ge=1, le=1_000_000)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return _check_url(v, "base_url")
+
+
+class AuditSection(_Section):
+    log_path: Path | None = Field(default=None, description="Audit log; default in user data.")
+    otel_endpoint: str | None = Field(default=None, description="OpenTelemetry collector URL.")
+
+    @field_validator("otel_endpoint")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return _check_url(v, "otel_endpoint")
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "vm": VMSection,
+    "mounts": MountsSection,
+    "egress": EgressSection,
+    "agent": AgentSection,
+    "audit": AuditSection,
+}
+
+
+class PolicyDocument(BaseModel):
+    """One policy or settings file, after validation. Unset keys hold the built-in defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", title="cowork policy")
+
+    version: Literal[1] = Field(default=1, description="Schema version; always 1.")
+    locks: tuple[str, ...] = Field(
+        default=(),
+        description="Dotted keys (or whole sections) lower layers cannot change. Admin only.",
+    )
+    vm: VMSection = VMSection()
+    mounts: MountsSection = MountsSection()
+    egress: EgressSection = EgressSection()
+    agent: AgentSection = AgentSection()
+    audit: AuditSection = AuditSection()
+
+    @field_validator("locks")
+    @classmethod
+    def _locks(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for key in v:
+            if key not in ALL_KEYS and key not in SECTIONS:
+                raise ValueError(
+                    f"locks: unknown key {key!r}; lock a section ({', '.join(SECTIONS)}) "
+                    "or a dotted key such as 'agent.base_url'"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _mode_allowed(self) -> PolicyDocument:
+        fields = self.agent.model_fields_set
+        both = "approval_mode" in fields and "allowed_approval_modes" in fields
+        if both and self.agent.approval_mode not in self.agent.allowed_approval_modes:
+            raise ValueError(
+                f"agent.approval_mode {self.agent.approval_mode!r} is not in "
+                f"agent.allowed_approval_modes {list(self.agent.allowed_approval_modes)}"
+            )
+        return self
+
+
+#: Every leaf key, dotted, in schema order.
+ALL_KEYS: tuple[str, ...] = tuple(
+    f"{section}.{name}" for section, model in SECTIONS.items() for name in model.model_fields
+)
+
+
+def expand_locks(locks: tuple[str, ...]) -> frozenset[str]:
+    """Dotted leaf keys covered by ``locks`` (a section name locks every key in it)."""
+    out: set[str] = set()
+    for key in locks:
+        if key in SECTIONS:
+            out.update(k for k in ALL_KEYS if k.startswith(key + "."))
+        elif key in ALL_KEYS:
+            out.add(key)
+    return frozenset(out)
+
+
+def get_value(doc: PolicyDocument, key: str) -> Any:
+    section, name = key.split(".", 1)
+    return getattr(getattr(doc, section), name)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of a policy file, for editors and MDM tools."""
+    schema = PolicyDocument.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+def json_schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
