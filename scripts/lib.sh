@@ -1,0 +1,90 @@
+# Shared by scripts/setup and scripts/test. Source it; do not run it.
+# Works as root and as a normal user with sudo, on Debian 12 / Ubuntu 24.04 or newer.
+
+COWORK_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${COWORK_VENV:-$COWORK_ROOT/.venv}"
+
+# System packages: the hypervisor, image build tools, the keyring, and Qt's offscreen needs.
+APT_PACKAGES=(
+  qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
+  gcc python3-dev python3-venv git ca-certificates
+  mmdebstrap debootstrap e2fsprogs uidmap cpio busybox-static
+  gnome-keyring dbus dbus-x11 libsecret-1-0
+  libegl1 libgl1 libxkbcommon0 libfontconfig1 libfreetype6 libglib2.0-0 fonts-dejavu-core
+)
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else die "this step needs root: run it as root or install sudo ($*)"
+  fi
+}
+
+install_system_packages() {
+  local missing=() pkg
+  for pkg in "${APT_PACKAGES[@]}" "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+  done
+  if [ "${#missing[@]}" -eq 0 ]; then
+    say "system packages: all present"
+    return
+  fi
+  say "installing system packages: ${missing[*]}"
+  command -v apt-get >/dev/null 2>&1 || die "apt-get not found: cowork's installer supports Debian and Ubuntu"
+  # Never let a package start a service of its own while we install it (e.g. openssh-server).
+  local guard=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    guard=/usr/sbin/policy-rc.d
+    as_root sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d'
+  fi
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
+    || { [ -n "$guard" ] && as_root rm -f "$guard"; die "apt-get install failed"; }
+  [ -n "$guard" ] && as_root rm -f "$guard"
+  return 0
+}
+
+pick_python() {
+  local py
+  for py in python3.13 python3.12 python3.11 python3; do
+    if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      command -v "$py"; return
+    fi
+  done
+  die "cowork needs Python 3.11 or newer (python3 --version says $(python3 --version 2>&1))"
+}
+
+ensure_venv() {
+  local stamp="$VENV/.cowork-installed" want
+  want="$(sha256sum "$COWORK_ROOT/pyproject.toml" | cut -c1-16)"
+  if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    say "Python environment: up to date ($VENV)"
+    return
+  fi
+  say "creating the Python environment in $VENV (about 2 minutes the first time)"
+  [ -x "$VENV/bin/python" ] || "$(pick_python)" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+  "$VENV/bin/pip" install -q -e "$COWORK_ROOT[app,dev]"
+  "$VENV/bin/pip" check >/dev/null || die "the Python environment has conflicting packages: $("$VENV/bin/pip" check)"
+  echo "$want" > "$stamp"
+}
+
+has_systemd() { [ -d /run/systemd/system ]; }
+
+# Root talks to libvirt's system daemon; a normal user's qemu:///session daemon starts by itself.
+start_libvirt() {
+  [ "$(id -u)" -eq 0 ] || return 0
+  if has_systemd; then
+    systemctl is-active --quiet libvirtd || systemctl start libvirtd
+    systemctl is-active --quiet virtlogd || systemctl start virtlogd || true
+    return 0
+  fi
+  pgrep -x virtlogd >/dev/null || virtlogd -d
+  pgrep -x libvirtd >/dev/null || libvirtd -d
+  local i
+  for i in $(seq 1 50); do [ -S /run/libvirt/libvirt-sock ] && return 0; sleep 0.2; done
+  die "libvirtd did not start (no /run/libvirt/libvirt-sock)"
+}
