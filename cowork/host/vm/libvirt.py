@@ -1,0 +1,442 @@
+"""The libvirt backend: the only module that imports ``libvirt``.
+
+Contract:
+- One connection per :class:`LibvirtBackend`, opened on first use. libvirt's own error
+  printing is switched off; every ``libvirtError`` is translated here into a
+  :class:`~cowork.errors.BackendError` whose message names the VM and what to do.
+- ``create`` defines the domain persistently (so ``list``/``status`` work across CLI runs);
+  ``destroy`` forces it off and undefines it, and is idempotent.
+- Only domains named ``cowork-…`` are ever touched or listed.
+- No event loop is registered: lifecycle calls are synchronous and ``stop`` polls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import libvirt
+
+from cowork.errors import BackendError, UsageError
+from cowork.host.events import EventBus, Kind
+from cowork.host.vm.accel import detect_accel
+from cowork.host.vm.backend import (
+    NAME_PREFIX,
+    BackendCapabilities,
+    VMState,
+    VMStatus,
+    check_name,
+)
+from cowork.host.vm.domainxml import (
+    ACCEL_FOR_DOMAIN_TYPE,
+    ARCH,
+    DOMAIN_TYPE,
+    HostContext,
+    domain_xml,
+)
+from cowork.host.vm.spec import Accel, VMSpec
+
+SYSTEM_URI = "qemu:///system"
+SESSION_URI = "qemu:///session"
+#: How often ``stop`` looks whether the guest has powered off.
+STOP_POLL_SECONDS = 0.2
+
+T = TypeVar("T")
+
+
+def _silence(_ctx: object, _err: object) -> None:
+    """libvirt's default handler prints every error to stderr; ours are raised instead."""
+
+
+libvirt.registerErrorHandler(_silence, None)
+
+_STATES: dict[int, VMState] = {
+    libvirt.VIR_DOMAIN_NOSTATE: VMState.RUNNING,
+    libvirt.VIR_DOMAIN_RUNNING: VMState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: VMState.RUNNING,
+    libvirt.VIR_DOMAIN_SHUTDOWN: VMState.RUNNING,  # shutting down, still running
+    libvirt.VIR_DOMAIN_PAUSED: VMState.PAUSED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: VMState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTOFF: VMState.SHUTOFF,
+    libvirt.VIR_DOMAIN_CRASHED: VMState.CRASHED,
+}
+
+
+def default_uri() -> str:
+    """``qemu:///system`` for root (libvirt's session URI is the system daemon for root
+    anyway), ``qemu:///session`` for everyone else (QEMU then runs as the user)."""
+    return SYSTEM_URI if os.geteuid() == 0 else SESSION_URI
+
+
+def _is_system(uri: str) -> bool:
+    return uri.startswith(("qemu:///system", "qemu+unix:///system"))
+
+
+def describe(code: int, message: str, doing: str, uri: str, name: str = "NAME") -> str:
+    """The message for a person, for libvirt error ``code``/``message`` while ``doing``."""
+    low = message.lower()
+    detail = f"(libvirt said: {message})"
+    if "virtlogd-sock" in low:
+        text = (
+            "libvirt's log daemon is not running: start it with `sudo systemctl start "
+            "virtlogd` (or `sudo virtlogd -d` on a system without systemd)"
+        )
+    elif "failed to connect socket" in low and "permission denied" in low:
+        text = (
+            f"cowork may not use libvirt at {uri}: add yourself to the group libvirt "
+            "(`sudo usermod -aG libvirt $USER`, then log in again) or use qemu:///session"
+        )
+    elif code == libvirt.VIR_ERR_NO_CONNECT or "failed to connect socket" in low:
+        text = (
+            "libvirt's daemon is not running: start it with `sudo systemctl start libvirtd` "
+            "(or `sudo libvirtd -d && sudo virtlogd -d` on a system without systemd)"
+        )
+    elif "already exists" in low:
+        text = f"could not {doing}: a stale VM named {name} exists: `cowork vm down {name}`"
+    elif "qemu binary" in low or ("emulator" in low and "no such file" in low):
+        text = (
+            f"could not {doing}: QEMU is not installed: install it with "
+            "`sudo apt-get install qemu-system-x86`"
+        )
+    else:
+        text = f"could not {doing}"
+    return f"{text} {detail}"
+
+
+def translate(exc: libvirt.libvirtError, doing: str, uri: str, name: str = "NAME") -> BackendError:
+    """A :class:`BackendError` for libvirt's ``exc`` (see :func:`describe`)."""
+    message = str(exc.get_error_message() or exc).strip()
+    return BackendError(describe(int(exc.get_error_code() or 0), message, doing, uri, name))
+
+
+class LibvirtBackend:
+    """Sealed guest VMs as libvirt domains (QEMU; or libvirt's ``test:///`` driver in tests).
+
+    ``host`` overrides what is otherwise learnt from the hypervisor (tests on drivers
+    without an x86_64 QEMU pass it explicitly).
+    """
+
+    def __init__(
+        self,
+        uri: str | None = None,
+        events: EventBus | None = None,
+        *,
+        host: HostContext | None = None,
+    ) -> None:
+        self.uri = uri or default_uri()
+        self._events = events
+        self._host = host
+        self._conn: Any = None
+        self._lock = threading.Lock()
+        self._capabilities: BackendCapabilities | None = None
+
+    # --- connection -----------------------------------------------------------------
+    def _connect(self) -> Any:
+        with self._lock:
+            if self._conn is None:
+                try:
+                    self._conn = libvirt.open(self.uri)
+                except libvirt.libvirtError as exc:
+                    raise translate(exc, f"connect to libvirt at {self.uri}", self.uri) from exc
+            return self._conn
+
+    def _call(self, doing: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except libvirt.libvirtError as exc:
+            raise translate(exc, doing, self.uri) from exc
+
+    def close(self) -> None:
+        with self._lock:
+            conn, self._conn = self._conn, None
+        if conn is not None:
+            # Closing a dead connection: nothing left to release.
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
+
+    def __enter__(self) -> LibvirtBackend:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _driver(self) -> str:
+        conn = self._connect()
+        return str(self._call("ask libvirt for its driver", conn.getType))
+
+    def _lookup(self, name: str) -> Any | None:
+        conn = self._connect()
+        try:
+            return conn.lookupByName(name)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise translate(exc, f"look up VM {name}", self.uri) from exc
+
+    def _require(self, name: str) -> Any:
+        check_name(name)
+        dom = self._lookup(name)
+        if dom is None:
+            raise BackendError(f"VM {name} does not exist: create it first (`cowork vm up`)")
+        return dom
+
+    def _emit(self, kind: Kind, **fields: Any) -> None:
+        if self._events is not None:
+            self._events.emit(kind, **fields)
+
+    # --- host facts -----------------------------------------------------------------
+    def _guest_domain_types(self) -> tuple[Path | None, set[str]]:
+        """The x86_64 emulator libvirt knows and the domain types it offers for it."""
+        conn = self._connect()
+        text = self._call("read libvirt's capabilities", conn.getCapabilities)
+        caps = ET.fromstring(text)  # noqa: S314 (written by the local libvirt daemon)
+        for guest in caps.findall("guest"):
+            arch = guest.find(f"arch[@name='{ARCH}']")
+            if guest.findtext("os_type") != "hvm" or arch is None:
+                continue
+            emulator = arch.findtext("emulator")
+            types = {str(d.get("type")) for d in arch.findall("domain")}
+            return (Path(emulator) if emulator else None), types
+        return None, set()
+
+    def host_context(self) -> HostContext:
+        """Who QEMU runs as, which emulator, and whether this is the system daemon."""
+        if self._host is not None:
+            return self._host
+        emulator, _types = self._guest_domain_types()
+        if emulator is None:
+            raise BackendError(
+                f"libvirt at {self.uri} offers no {ARCH} QEMU: install it with "
+                "`sudo apt-get install qemu-system-x86`, then restart libvirtd"
+            )
+        return HostContext(
+            uid=os.getuid(), gid=os.getgid(), emulator=emulator, system_mode=_is_system(self.uri)
+        )
+
+    @property
+    def capabilities(self) -> BackendCapabilities:
+        if self._capabilities is None:
+            best = detect_accel()
+            accels = (Accel.KVM, Accel.TCG) if best.accel is Accel.KVM else (Accel.TCG,)
+            self._capabilities = BackendCapabilities(
+                name="libvirt",
+                # virtiofsd in QEMU 7.2 cannot export read-only, so only 9p is offered.
+                shared_folder_transports=("9p",),
+                readonly_shares_enforced_by_host=True,
+                channel_kinds=("virtio-serial",),
+                accelerators=accels,
+            )
+        return self._capabilities
+
+    # --- lifecycle ------------------------------------------------------------------
+    def validate(self, spec: VMSpec) -> None:
+        problems = spec.problems()
+        if not spec.name.startswith(NAME_PREFIX):
+            problems.append(f"name {spec.name!r}: must start with {NAME_PREFIX!r}")
+        for label, path in (
+            ("kernel", spec.kernel),
+            ("initrd", spec.initrd),
+            ("disk", spec.disk),
+            ("seed", spec.seed),
+        ):
+            if path.is_absolute() and not path.is_file():
+                problems.append(f"{label} {str(path)!r}: no such file")
+        for label, path in (
+            ("channel_socket", spec.channel_socket),
+            ("console_log", spec.console_log),
+        ):
+            if path.is_absolute() and not path.parent.is_dir():
+                problems.append(f"{label} {str(path)!r}: folder {str(path.parent)!r} is missing")
+        for share in spec.shares:
+            if share.source.is_absolute() and not share.source.is_dir():
+                problems.append(f"share {share.tag} source {str(share.source)!r}: not a folder")
+        if self._driver() == "QEMU":
+            emulator, types = self._guest_domain_types()
+            if emulator is None:
+                problems.append(
+                    f"no {ARCH} QEMU is installed: `sudo apt-get install qemu-system-x86`"
+                )
+            elif DOMAIN_TYPE[spec.accel] not in types:
+                problems.append(
+                    f"accel {str(spec.accel)!r}: libvirt at {self.uri} cannot run it here; "
+                    'set vm.accel = "tcg"'
+                )
+        if problems:
+            raise UsageError(
+                f"VM {spec.name!r} cannot run:\n" + "\n".join(f"  - {p}" for p in problems)
+            )
+
+    def create(self, spec: VMSpec) -> None:
+        self.validate(spec)
+        if self._lookup(spec.name) is not None:
+            raise BackendError(
+                f"a stale VM named {spec.name} exists: remove it with `cowork vm down {spec.name}`"
+            )
+        xml = domain_xml(spec, host=self.host_context())
+        conn = self._connect()
+        self._emit(Kind.VM_CREATING, name=spec.name, accel=str(spec.accel))
+        try:
+            conn.defineXML(xml)
+        except libvirt.libvirtError as exc:
+            raise translate(exc, f"define VM {spec.name}", self.uri, spec.name) from exc
+
+    def start(self, name: str) -> None:
+        dom = self._require(name)
+        self._call(f"start VM {name}", dom.create)
+        status = self._status_of(dom)
+        self._emit(
+            Kind.VM_STARTED,
+            name=name,
+            accel=str(status.accel) if status.accel else None,
+            pid=status.pid,
+        )
+
+    def stop(self, name: str, timeout: float) -> None:
+        dom = self._require(name)
+        if not self._call(f"check VM {name}", dom.isActive):
+            return
+        how = "graceful"
+        try:
+            dom.shutdown()
+        except libvirt.libvirtError:
+            how = "forced"  # the guest cannot be asked (no ACPI yet): force it
+        deadline = time.monotonic() + max(0.0, timeout)
+        while how == "graceful" and self._active(dom):
+            if time.monotonic() >= deadline:
+                how = "forced"
+                break
+            time.sleep(STOP_POLL_SECONDS)
+        if how == "forced":
+            self._force_off(dom, name)
+        self._emit(Kind.VM_STOPPED, name=name, how=how)
+
+    def destroy(self, name: str) -> None:
+        check_name(name)
+        dom = self._lookup(name)
+        if dom is None:
+            return
+        self._force_off(dom, name)
+        try:
+            if dom.isPersistent():
+                self._undefine(dom)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise translate(exc, f"remove VM {name}", self.uri) from exc
+        self._emit(Kind.VM_STOPPED, name=name, how="destroyed")
+
+    def status(self, name: str) -> VMStatus:
+        check_name(name)
+        dom = self._lookup(name)
+        if dom is None:
+            return VMStatus(name=name, state=VMState.MISSING)
+        return self._status_of(dom)
+
+    def list(self) -> list[VMStatus]:
+        conn = self._connect()
+        doms = self._call("list VMs", lambda: conn.listAllDomains(0))
+        out = []
+        for dom in doms:
+            name = str(dom.name())
+            if name.startswith(NAME_PREFIX):
+                try:
+                    out.append(self._status_of(dom))
+                except BackendError:
+                    continue  # undefined between listing and asking: it is gone
+        return sorted(out, key=lambda s: s.name)
+
+    # --- helpers --------------------------------------------------------------------
+    def _active(self, dom: Any) -> bool:
+        try:
+            return bool(dom.isActive())
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return False
+            raise translate(exc, f"check VM {dom.name()}", self.uri) from exc
+
+    def _force_off(self, dom: Any, name: str) -> None:
+        if not self._active(dom):
+            return
+        try:
+            dom.destroy()
+        except libvirt.libvirtError as exc:
+            # It may have stopped on its own between the check and the destroy.
+            if self._active(dom):
+                raise translate(exc, f"force off VM {name}", self.uri) from exc
+
+    def _undefine(self, dom: Any) -> None:
+        flags = (
+            libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+        )
+        try:
+            dom.undefineFlags(flags)
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() not in (
+                libvirt.VIR_ERR_NO_SUPPORT,
+                libvirt.VIR_ERR_INVALID_ARG,
+            ):
+                raise
+            dom.undefine()
+
+    def _status_of(self, dom: Any) -> VMStatus:
+        name = str(dom.name())
+        try:
+            code = int(dom.state()[0])
+            root = ET.fromstring(dom.XMLDesc(0))  # noqa: S314 (from the local libvirt daemon)
+        except libvirt.libvirtError as exc:
+            raise translate(exc, f"read the state of VM {name}", self.uri) from exc
+        state = _STATES.get(code, VMState.RUNNING)
+        accel = ACCEL_FOR_DOMAIN_TYPE.get(str(root.get("type")))
+        pid = started = None
+        if state in (VMState.RUNNING, VMState.PAUSED) and self._driver() == "QEMU":
+            pid = _qemu_pid(name, any_user=_is_system(self.uri))
+            started = _process_start(pid) if pid is not None else None
+        return VMStatus(name=name, state=state, accel=accel, pid=pid, started_at=started)
+
+
+def _qemu_pid(name: str, *, any_user: bool, proc: Path = Path("/proc")) -> int | None:
+    """The QEMU process running domain ``name`` (its argv has ``-name guest=NAME,``)."""
+    marker = f"guest={name},".encode()
+    uid = os.getuid()
+    try:
+        entries = list(proc.iterdir())
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            if not any_user and entry.stat().st_uid != uid:
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        is_qemu = bool(argv) and Path(argv[0].decode(errors="replace")).name.startswith(
+            "qemu-system"
+        )
+        if is_qemu and any(arg.startswith(marker) for arg in argv):
+            return int(entry.name)
+    return None
+
+
+def _process_start(pid: int, proc: Path = Path("/proc")) -> float | None:
+    """When process ``pid`` started, in epoch seconds (from /proc; None if unknown)."""
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        ticks = int(fields[19])  # field 22 of stat, counted after "pid (comm)"
+        btime = next(
+            int(line.split()[1])
+            for line in (proc / "stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
