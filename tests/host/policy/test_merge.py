@@ -1,4 +1,3 @@
-# ruff: noqa: E501  (inline TOML reads best on one line)
 """THE MERGE RULES (cowork.host.policy.merge), pair of layers by pair of layers."""
 
 from __future__ import annotations
