@@ -1,0 +1,296 @@
+"""The agent's tools. Every one runs inside the guest over the channel; none touches a host file.
+
+- ``bash``: ``bash -c`` in /workspace under ``timeout``; output truncated with a note.
+- ``read_file``, ``write_file``, ``edit_file``, ``list_files``, ``grep``: the small program in
+  :mod:`cowork.host.agent.guestfs`, run by the guest's python3, which confines every path to
+  /workspace after resolving symlinks in the guest. File contents travel on stdin, never argv.
+
+Each command records its process group id in a pid file in the guest so that an interrupt can
+stop exactly that command (:meth:`GuestTools.interrupt`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cowork.guest.contract import WORKSPACE_MOUNT
+from cowork.host.agent import guestfs
+from cowork.host.agent.loop import ToolCall, ToolOutcome
+from cowork.host.channel import Result
+
+
+class GuestRunner(Protocol):
+    """What the agent needs from the channel (``cowork.host.channel.Channel`` has it)."""
+
+    def run(
+        self,
+        cmd: str,
+        *,
+        timeout: float | None = ...,
+        cwd: str | None = ...,
+        input: str | None = ...,
+    ) -> Result: ...
+
+
+#: Tools that only look; every other tool changes something.
+READ_ONLY_TOOLS = frozenset({"read_file", "list_files", "grep"})
+FILE_TOOLS = frozenset({"read_file", "write_file", "edit_file", "list_files", "grep"})
+
+TOOL_SCHEMAS: tuple[dict[str, Any], ...] = (
+    {
+        "name": "bash",
+        "description": (
+            "Run a bash command in /workspace inside the sealed VM. Output longer than the "
+            "limit is truncated. Network access goes through an egress gateway that may refuse."
+        ),
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "command": {"type": "string", "description": "the command line"},
+                "timeout": {"type": "number", "description": "seconds (default 120)"},
+            },
+            "required": ["command"],
+        },
+    },
+    {
+        "name": "read_file",
+        "description": "Read a text file in /workspace, with line numbers.",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "path": {"type": "string", "description": "path relative to /workspace"},
+                "offset": {"type": "integer", "description": "first line (1-based)"},
+                "limit": {"type": "integer", "description": "number of lines"},
+            },
+            "required": ["path"],
+        },
+    },
+    {
+        "name": "write_file",
+        "description": "Create or replace a file in /workspace with the given content.",
+        "input_schema": {
+            "type": "object",
+            "properties": {"path": {"type": "string"}, "content": {"type": "string"}},
+            "required": ["path", "content"],
+        },
+    },
+    {
+        "name": "edit_file",
+        "description": (
+            "Replace an exact string in a file in /workspace. old_string must appear exactly "
+            "once unless replace_all is true."
+        ),
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "path": {"type": "string"},
+                "old_string": {"type": "string"},
+                "new_string": {"type": "string"},
+                "replace_all": {"type": "boolean"},
+            },
+            "required": ["path", "old_string", "new_string"],
+        },
+    },
+    {
+        "name": "list_files",
+        "description": "List files in /workspace matching a glob pattern (default: all).",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "pattern": {"type": "string", "description": "e.g. **/*.md"},
+                "path": {"type": "string", "description": "folder to start from"},
+            },
+        },
+    },
+    {
+        "name": "grep",
+        "description": "Search file contents in /workspace with a regular expression.",
+        "input_schema": {
+            "type": "object",
+            "properties": {
+                "pattern": {"type": "string"},
+                "path": {"type": "string"},
+                "glob": {"type": "string", "description": "only files whose name matches"},
+                "ignore_case": {"type": "boolean"},
+            },
+            "required": ["pattern"],
+        },
+    },
+)
+
+TOOL_NAMES = frozenset(t["name"] for t in TOOL_SCHEMAS)
+
+
+def _short(text: str, limit: int = 80) -> str:
+    one = " ".join(str(text).split())
+    return one if len(one) <= limit else one[: limit - 1] + "…"
+
+
+def describe(call: ToolCall) -> str:
+    """One plain-language line for what an action does (shown on the terminal and in the app)."""
+    i = call.input
+    path = str(i.get("path") or ".")
+    match call.name:
+        case "bash":
+            return f"Run a command: {_short(str(i.get('command', '')))}"
+        case "read_file":
+            return f"Read the file {path}"
+        case "write_file":
+            size = len(str(i.get("content", "")).encode())
+            return f"Write the file {path} ({size} bytes)"
+        case "edit_file":
+            return f"Change part of the file {path}"
+        case "list_files":
+            return f"List files matching {i.get('pattern') or 'everything'} in {path}"
+        case "grep":
+            return f"Search for {_short(str(i.get('pattern', '')), 40)!r} in {path}"
+    return f"Use the tool {call.name}"
+
+
+def truncate(text: str, limit: int) -> str:
+    """``text`` cut to about ``limit`` characters, keeping its start and end, with a note."""
+    if len(text) <= limit:
+        return text
+    head = limit * 2 // 3
+    tail = limit - head
+    omitted = len(text) - head - tail
+    return (
+        f"{text[:head]}\n[... {omitted} characters of output omitted (output limit "
+        f"{limit}) ...]\n{text[-tail:]}"
+    )
+
+
+_ID_SAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+@dataclass(frozen=True)
+class GuestCommand:
+    cmd: str
+    input: str | None
+    timeout: float
+
+
+class GuestTools:
+    """Runs tool calls in the guest through a :class:`GuestRunner`.
+
+    ``root`` is the workspace as the runner sees it (``/workspace`` in the VM); ``state_dir``
+    holds the pid files used by :meth:`interrupt`.
+    """
+
+    def __init__(
+        self,
+        runner: GuestRunner,
+        *,
+        root: str = WORKSPACE_MOUNT,
+        state_dir: str = "/tmp/cowork-agent",
+        bash_timeout: float = 120.0,
+        max_output_chars: int = 30_000,
+        python: str = "python3",
+    ) -> None:
+        self.runner = runner
+        self.root = root
+        self.state_dir = state_dir
+        self.bash_timeout = bash_timeout
+        self.max_output_chars = max_output_chars
+        self.python = python
+
+    # --- pure command building --------------------------------------------------------
+    def pidfile(self, call_id: str) -> str:
+        return f"{self.state_dir}/{_ID_SAFE.sub('_', call_id)[:64]}.pid"
+
+    def _wrap(self, call_id: str, inner: str) -> str:
+        # sshd starts each command as a session leader, so $$ is the process group id.
+        pidfile = shlex.quote(self.pidfile(call_id))
+        state = shlex.quote(self.state_dir)
+        return (
+            f"mkdir -p {state} && echo $$ > {pidfile} || exit 125; "
+            f"{inner}; rc=$?; rm -f {pidfile}; exit $rc"
+        )
+
+    def build(self, call: ToolCall) -> GuestCommand:
+        """The guest command for ``call``. Raises ValueError for an unknown tool or bad input."""
+        if call.name == "bash":
+            command = call.input.get("command")
+            if not isinstance(command, str) or not command.strip():
+                raise ValueError("bash needs a non-empty 'command'")
+            limit = float(call.input.get("timeout") or self.bash_timeout)
+            limit = max(1.0, min(limit, self.bash_timeout * 5))
+            inner = f"timeout -k 5 {int(limit)} bash -c {shlex.quote(command)}"
+            return GuestCommand(self._wrap(call.id, inner), None, limit + 10)
+        if call.name in FILE_TOOLS:
+            request = {k: v for k, v in call.input.items() if k not in {"op", "root"}}
+            request.update(op=call.name, root=self.root)
+            inner = f"{self.python} -I -c {shlex.quote(guestfs.SOURCE)}"
+            return GuestCommand(self._wrap(call.id, inner), json.dumps(request), 60.0)
+        raise ValueError(f"unknown tool {call.name!r}")
+
+    def outcome(self, call: ToolCall, result: Result) -> ToolOutcome:
+        """Turn the guest's Result into what the model sees."""
+        if call.name == "bash":
+            return self._bash_outcome(result)
+        if result.timed_out:
+            return ToolOutcome(f"{call.name} did not finish in time", is_error=True)
+        try:
+            reply = json.loads(result.stdout)
+            text, ok = str(reply["text"]), bool(reply["ok"])
+        except (ValueError, KeyError, TypeError):
+            detail = truncate((result.stderr or result.stdout).strip(), 2000)
+            return ToolOutcome(
+                f"{call.name} failed in the VM (exit {result.exited}): {detail}", is_error=True
+            )
+        return ToolOutcome(truncate(text, self.max_output_chars), is_error=not ok)
+
+    def _bash_outcome(self, result: Result) -> ToolOutcome:
+        parts = []
+        if result.stdout:
+            parts.append(result.stdout.rstrip("\n"))
+        if result.stderr:
+            parts.append("[stderr]\n" + result.stderr.rstrip("\n"))
+        body = truncate("\n".join(parts), self.max_output_chars)
+        if result.timed_out or result.exited == 124:
+            return ToolOutcome(f"{body}\n[the command was stopped: it took too long]", True)
+        if result.exited != 0:
+            return ToolOutcome(f"{body}\n[exit code {result.exited}]".lstrip("\n"), True)
+        return ToolOutcome(body or "(no output)")
+
+    # --- I/O ----------------------------------------------------------------------------
+    def execute(self, call: ToolCall) -> ToolOutcome:
+        try:
+            command = self.build(call)
+        except (ValueError, TypeError) as exc:
+            return ToolOutcome(str(exc), is_error=True)
+        result = self.runner.run(
+            command.cmd, timeout=command.timeout, cwd=self.root, input=command.input
+        )
+        return self.outcome(call, result)
+
+    def interrupt(self, call: ToolCall) -> None:
+        """Stop the guest command of ``call`` (its whole process group), if still running."""
+        pidfile = shlex.quote(self.pidfile(call.id))
+        # The pid is the wrapper shell's; kill its whole process group (field 5 of stat).
+        self.runner.run(
+            f"if test -f {pidfile}; then p=$(cat {pidfile}); "
+            f"g=$(cut -d' ' -f5 /proc/$p/stat 2>/dev/null); "
+            f"kill -TERM -- -${{g:-$p}} 2>/dev/null || kill -TERM $p 2>/dev/null; "
+            f"rm -f {pidfile}; fi; true",
+            timeout=10,
+        )
+
+
+ToolExecutor = Callable[[ToolCall], ToolOutcome]
+
+
+def tool_input_summary(call: ToolCall) -> Mapping[str, Any]:
+    """The call's input for events and transcripts, with file contents reduced to sizes."""
+    out: dict[str, Any] = {}
+    for key, value in call.input.items():
+        if key in {"content", "old_string", "new_string"} and isinstance(value, str):
+            out[key] = f"<{len(value.encode())} bytes>"
+        else:
+            out[key] = value
+    return out
