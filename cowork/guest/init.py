@@ -1,0 +1,583 @@
+"""PID 1 of the cowork guest: turn the seed into a sealed, ready guest, then keep it running.
+
+Standard library only; runs inside the VM as root, started by the image's bootstrap
+(``images/cowork-boot``) as ``python3 -m cowork.guest.init`` with the guest code unpacked in
+:data:`~cowork.guest.contract.GUEST_LIB_DIR`.
+
+Order of work (each step logs to :data:`~cowork.guest.contract.GUEST_LOG` and the console):
+kernel modules, loopback up, hostname, the agent user, the 9p mounts (workspace first, then
+the read-only ``.claude`` folders on top), the per-session SSH host key and authorized key,
+the sshd configuration, extra CA certificates, the environment, ``/dev/virtio-ports``
+links, permissions, then the line ``COWORK-READY <session>`` on the console, then the channel
+relay in a forked child.
+
+Contract:
+- Fail closed: if any step before readiness fails (a mount is missing, a key cannot be
+  written), the guest prints ``COWORK-FAILED <reason>`` instead of the ready line, syncs
+  and powers off. A guest that printed ``COWORK-READY`` has every mount of the seed in place
+  with the requested read-only flag.
+- The agent user has the seed's uid/gid, no password, no supplementary groups; any other
+  account using that uid, gid or name is replaced.
+- Everything under ``/run/cowork`` except ``lib`` (and the public authorized_keys that sshd
+  reads as the agent) is root-only; so is the seed device.
+- As PID 1 it reaps every orphan, restarts the relay if it dies, and on SIGTERM/SIGINT syncs
+  and powers off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import os
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+from cowork.guest import contract
+from cowork.guest.contract import Mount, Seed
+
+RUN_DIR = "/run/cowork"
+SSH_DIR = "/run/cowork/ssh"
+HOST_KEY_PATH = "/run/cowork/ssh/host_key"
+AUTHORIZED_KEYS_PATH = "/run/cowork/ssh/authorized_keys"
+SSHD_CONFIG_PATH = "/run/cowork/ssh/sshd_config"
+SSHD_PRIVSEP_DIR = "/run/sshd"
+SSHD_ARGV = ["/usr/sbin/sshd", "-i", "-e", "-f", SSHD_CONFIG_PATH]
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+LOCAL_CA_DIR = "/usr/local/share/ca-certificates"
+VIRTIO_PORTS_DIR = "/dev/virtio-ports"
+READY_MARKER = "COWORK-READY"
+FAILED_MARKER = "COWORK-FAILED"
+MODULES = ("9p", "9pnet_virtio", "virtio_console", "virtio_rng")
+NINEP_MSIZE = 512000
+AGENT_SHELL = "/bin/bash"
+AGENT_GECOS = "cowork agent"
+RELAY_RESTART_DELAY = 1.0
+LINUX_REBOOT_CMD_POWER_OFF = 0x4321FEDC
+SEED_DEVICE_ENV = "COWORK_SEED_DEVICE"
+
+_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}\Z")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_TAG = re.compile(r"[A-Za-z0-9_-]{1,31}\Z")
+
+
+class InitError(Exception):
+    """A step before readiness failed; the guest must not announce itself ready."""
+
+
+# --- pure parts (unit-tested on the host) --------------------------------------------------
+def find_seed_device(sys_root: str = "/sys", serial: str = contract.SEED_SERIAL) -> str | None:
+    """``/dev/<name>`` of the block device whose ``serial`` is ``serial``, else None."""
+    block = Path(sys_root) / "block"
+    try:
+        names = sorted(os.listdir(block))
+    except OSError:
+        return None
+    for name in names:
+        try:
+            found = (block / name / "serial").read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if found == serial:
+            return f"/dev/{name}"
+    return None
+
+
+def virtio_port_links(sys_root: str = "/sys") -> dict[str, str]:
+    """Port name -> device name (``vport0p1``) from ``/sys/class/virtio-ports``."""
+    base = Path(sys_root) / "class" / "virtio-ports"
+    out: dict[str, str] = {}
+    try:
+        entries = sorted(os.listdir(base))
+    except OSError:
+        return out
+    for dev in entries:
+        try:
+            name = (base / dev / "name").read_text(encoding="ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if name and "/" not in name and name not in (".", ".."):
+            out[name] = dev
+    return out
+
+
+def mount_options(mount: Mount, msize: int = NINEP_MSIZE) -> str:
+    """The ``-o`` options for a 9p share (``ro`` as well as the host's ``readonly=on``)."""
+    opts = ["trans=virtio", "version=9p2000.L", f"msize={msize}"]
+    if mount.readonly:
+        opts.append("ro")
+    return ",".join(opts)
+
+
+def mount_argv(mount: Mount) -> list[str]:
+    if not _TAG.match(mount.tag):
+        raise InitError(f"mount tag {mount.tag!r} is not a valid 9p tag")
+    if not mount.target.startswith("/") or ".." in mount.target.split("/"):
+        raise InitError(f"mount target {mount.target!r} must be an absolute path without '..'")
+    return ["/bin/mount", "-t", "9p", "-o", mount_options(mount), mount.tag, mount.target]
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    source: str
+    target: str
+    fstype: str
+    options: tuple[str, ...]
+
+    @property
+    def readonly(self) -> bool:
+        return "ro" in self.options
+
+
+def _unescape_mount_field(text: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+
+
+def parse_proc_mounts(text: str) -> list[MountEntry]:
+    """Entries of ``/proc/mounts`` (octal escapes such as ``\\040`` decoded)."""
+    out: list[MountEntry] = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        out.append(
+            MountEntry(
+                source=_unescape_mount_field(fields[0]),
+                target=_unescape_mount_field(fields[1]),
+                fstype=fields[2],
+                options=tuple(fields[3].split(",")),
+            )
+        )
+    return out
+
+
+def check_mounts(expected: Sequence[Mount], proc_mounts: str) -> None:
+    """Raise InitError unless each expected share is the top-most mount at its target, is
+    9p from the expected tag, and is read-only when asked."""
+    entries = parse_proc_mounts(proc_mounts)
+    for want in expected:
+        target = os.path.normpath(want.target)
+        at_target = [e for e in entries if e.target == target]
+        if not at_target:
+            raise InitError(f"share {want.tag} is not mounted at {target}")
+        top = at_target[-1]
+        if top.fstype != "9p" or top.source != want.tag:
+            raise InitError(f"{target} is {top.fstype} from {top.source}, not 9p share {want.tag}")
+        if want.readonly and not top.readonly:
+            raise InitError(f"share {want.tag} at {target} is writable but must be read-only")
+
+
+def _check_name(kind: str, name: str) -> None:
+    if not _NAME.match(name):
+        raise InitError(f"{kind} name {name!r} is not a plain account name")
+
+
+def replace_passwd(text: str, user: str, uid: int, gid: int, home: str, shell: str) -> str:
+    """``/etc/passwd`` with ``user`` added, dropping any entry with that name or uid."""
+    _check_name("user", user)
+    if uid <= 0 or gid <= 0:
+        raise InitError(f"agent uid/gid {uid}/{gid} must not be root (0)")
+    kept = []
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and (fields[0] == user or fields[2] == str(uid)):
+            continue
+        if line:
+            kept.append(line)
+    kept.append(f"{user}:x:{uid}:{gid}:{AGENT_GECOS}:{home}:{shell}")
+    return "\n".join(kept) + "\n"
+
+
+def replace_group(text: str, group: str, gid: int, member_to_drop: str) -> str:
+    """``/etc/group`` with ``group`` (gid ``gid``, no members) added, any entry with that name
+    or gid dropped, and ``member_to_drop`` removed from every other group's member list."""
+    _check_name("group", group)
+    if gid <= 0:
+        raise InitError(f"agent gid {gid} must not be root (0)")
+    kept = []
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) < 4:
+            if line:
+                kept.append(line)
+            continue
+        if fields[0] == group or fields[2] == str(gid):
+            continue
+        members = [m for m in fields[3].split(",") if m and m != member_to_drop]
+        kept.append(":".join([*fields[:3], ",".join(members)]))
+    kept.append(f"{group}:x:{gid}:")
+    return "\n".join(kept) + "\n"
+
+
+def replace_shadow(text: str, user: str, uid_names: Iterable[str] = ()) -> str:
+    """``/etc/shadow`` with ``user`` locked (``*``: no password can ever match), dropping
+    entries for ``user`` and for the names of accounts removed from passwd."""
+    drop = {user, *uid_names}
+    kept = [line for line in text.splitlines() if line and line.split(":", 1)[0] not in drop]
+    kept.append(f"{user}:*:19000:0:99999:7:::")
+    return "\n".join(kept) + "\n"
+
+
+def passwd_names_with_uid(text: str, uid: int) -> list[str]:
+    out = []
+    for line in text.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[2] == str(uid):
+            out.append(fields[0])
+    return out
+
+
+def environment_file(env: dict[str, str]) -> str:
+    """``/etc/environment`` text. Raises InitError for a name or value it cannot carry."""
+    lines = []
+    for key, value in sorted(env.items()):
+        if not _ENV_KEY.match(key):
+            raise InitError(f"environment variable name {key!r} is not valid")
+        if any(c in value for c in '"\\\n\r\0'):
+            raise InitError(f"environment variable {key} has a quote, backslash or newline")
+        lines.append(f'{key}="{value}"')
+    return "".join(line + "\n" for line in lines)
+
+
+def ca_bundle_addition(existing: str, certs: Sequence[str]) -> str:
+    """Text to append to the CA bundle: each PEM not already in it, newline-separated."""
+    out = []
+    for pem in certs:
+        pem = pem.strip()
+        if "-----BEGIN CERTIFICATE-----" not in pem:
+            raise InitError("a CA certificate in the seed is not PEM")
+        if pem not in existing:
+            out.append(pem + "\n")
+    prefix = "" if not out or existing.endswith("\n") or not existing else "\n"
+    return prefix + "".join(out)
+
+
+# --- effects -----------------------------------------------------------------------------------
+class Log:
+    """Writes each line to the init log (root-only) and the console."""
+
+    def __init__(self, path: str = contract.GUEST_LOG) -> None:
+        self._file = None
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            os.fchmod(fd, 0o600)
+            self._file = os.fdopen(fd, "a", buffering=1)
+        except OSError:
+            self._file = None
+
+    def fileno(self) -> int | None:
+        return self._file.fileno() if self._file is not None else None
+
+    def __call__(self, message: str) -> None:
+        line = f"[{time.monotonic():8.3f}] cowork-init: {message}"
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.write(line + "\n")
+        console(line)
+
+
+def console(line: str) -> None:
+    try:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def _run(argv: list[str]) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        detail = (done.stderr or done.stdout).strip()
+        raise InitError(f"{' '.join(argv)} failed ({done.returncode}): {detail}")
+
+
+def _write(path: str, text: str, mode: int, uid: int = 0, gid: int = 0) -> None:
+    tmp = f"{path}.cowork-tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    try:
+        os.write(fd, text.encode())
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def load_modules(log: Log) -> None:
+    for module in MODULES:
+        done = subprocess.run(["/sbin/modprobe", "-q", module], capture_output=True, check=False)
+        if done.returncode != 0:
+            log(f"module {module} did not load (built in or missing); carrying on")
+
+
+def loopback_up() -> None:
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifreq = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), siocgifflags, ifreq))[1]
+        fcntl.ioctl(s.fileno(), siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
+
+
+def set_hostname(name: str) -> None:
+    _check_name("host", name)
+    socket.sethostname(name)
+    _write("/etc/hostname", name + "\n", 0o644)
+    _write("/etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{name}\n::1\tlocalhost\n", 0o644)
+
+
+def create_agent(seed: Seed) -> None:
+    user, uid, gid = contract.AGENT_USER, seed.agent_uid, seed.agent_gid
+    passwd = Path("/etc/passwd").read_text(encoding="utf-8")
+    displaced = [n for n in passwd_names_with_uid(passwd, uid) if n != user]
+    group = Path("/etc/group").read_text(encoding="utf-8")
+    shadow = Path("/etc/shadow").read_text(encoding="utf-8")
+    _write(
+        "/etc/passwd",
+        replace_passwd(passwd, user, uid, gid, contract.AGENT_HOME, AGENT_SHELL),
+        0o644,
+    )
+    _write("/etc/group", replace_group(group, user, gid, user), 0o644)
+    _write("/etc/shadow", replace_shadow(shadow, user, displaced), 0o640, 0, _shadow_gid())
+    gshadow = Path("/etc/gshadow")
+    if gshadow.exists():
+        lines = [
+            ln
+            for ln in gshadow.read_text(encoding="utf-8").splitlines()
+            if ln and ln.split(":", 1)[0] != user
+        ]
+        _write(str(gshadow), "\n".join([*lines, f"{user}:!::"]) + "\n", 0o640, 0, _shadow_gid())
+    home = contract.AGENT_HOME
+    os.makedirs(home, mode=0o755, exist_ok=True)
+    os.chown(home, uid, gid)
+    os.chmod(home, 0o755)  # noqa: S103 -- the agent's own home, owned by the agent
+
+
+def _shadow_gid() -> int:
+    for line in Path("/etc/group").read_text(encoding="utf-8").splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[0] == "shadow":
+            return int(fields[2])
+    return 0
+
+
+def mount_shares(mounts: Sequence[Mount], log: Log) -> None:
+    for mount in mounts:
+        argv = mount_argv(mount)
+        os.makedirs(mount.target, mode=0o755, exist_ok=True)
+        _run(argv)
+        log(f"mounted {mount.tag} at {mount.target}{' read-only' if mount.readonly else ''}")
+    check_mounts(mounts, Path("/proc/mounts").read_text(encoding="utf-8"))
+
+
+def write_ssh_files(seed: Seed) -> None:
+    os.makedirs(SSH_DIR, mode=0o711, exist_ok=True)
+    os.chown(SSH_DIR, 0, 0)
+    # sshd reads authorized_keys as the agent (and checks it is root-owned, not writable by
+    # others): the public key is readable, nothing here is writable by the agent.
+    os.chmod(SSH_DIR, 0o711)  # noqa: S103 -- traversable, not listable or writable
+    host_key = seed.host_key if seed.host_key.endswith("\n") else seed.host_key + "\n"
+    _write(HOST_KEY_PATH, host_key, 0o600)
+    _write(AUTHORIZED_KEYS_PATH, seed.authorized_key.strip() + "\n", 0o644)
+    os.makedirs(SSHD_PRIVSEP_DIR, mode=0o755, exist_ok=True)
+    os.chmod(SSHD_PRIVSEP_DIR, 0o755)  # noqa: S103 -- sshd requires root 0755
+    from cowork.guest import sshd
+
+    text = sshd.sshd_config(
+        host_key=HOST_KEY_PATH,
+        authorized_keys=AUTHORIZED_KEYS_PATH,
+        user=contract.AGENT_USER,
+        env=dict(seed.env),
+        proxy_port=contract.PROXY_PORT,
+    )
+    _write(SSHD_CONFIG_PATH, text, 0o600)
+    _run(["/usr/sbin/sshd", "-t", "-f", SSHD_CONFIG_PATH])
+
+
+def install_ca_certs(certs: Sequence[str]) -> None:
+    if not certs:
+        return
+    bundle = Path(CA_BUNDLE)
+    existing = bundle.read_text(encoding="utf-8") if bundle.exists() else ""
+    addition = ca_bundle_addition(existing, certs)
+    os.makedirs(LOCAL_CA_DIR, mode=0o755, exist_ok=True)
+    for i, pem in enumerate(certs):
+        _write(f"{LOCAL_CA_DIR}/cowork-{i}.crt", pem.strip() + "\n", 0o644)
+    if addition:
+        _write(CA_BUNDLE, existing + addition, 0o644)
+
+
+def link_virtio_ports(log: Log) -> dict[str, str]:
+    links = virtio_port_links()
+    os.makedirs(VIRTIO_PORTS_DIR, mode=0o755, exist_ok=True)
+    for name, dev in links.items():
+        link = f"{VIRTIO_PORTS_DIR}/{name}"
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.symlink(f"../{dev}", link)
+        os.chown(f"/dev/{dev}", 0, 0)
+        os.chmod(f"/dev/{dev}", 0o600)
+        log(f"port {name} is /dev/{dev}")
+    return links
+
+
+def lock_down(seed_device: str) -> None:
+    os.chown(seed_device, 0, 0)
+    os.chmod(seed_device, 0o600)
+    os.chmod(RUN_DIR, 0o711)  # noqa: S103 -- the agent reaches lib/ but cannot list
+    for entry in os.listdir(RUN_DIR):
+        path = f"{RUN_DIR}/{entry}"
+        if entry in ("lib", "ssh") or os.path.islink(path):
+            continue
+        os.chown(path, 0, 0)
+        os.chmod(path, 0o700 if os.path.isdir(path) else 0o600)
+
+
+def read_seed(device: str) -> Seed:
+    with open(device, "rb") as f:
+        head = f.read(64)
+        newline = head.find(b"\n")
+        if newline < 0:
+            raise InitError(f"{device} is not a cowork seed disk")
+        try:
+            length = int(head[:newline].split(b" ")[2])
+        except (IndexError, ValueError) as exc:
+            raise InitError(f"{device} has a malformed seed header") from exc
+        if not 0 < length <= contract.SEED_MAX_BYTES:
+            raise InitError(f"{device}: seed length {length} out of range")
+        f.seek(0)
+        data = f.read(newline + 1 + length)
+    try:
+        return contract.decode_seed(data)
+    except (ValueError, TypeError) as exc:
+        raise InitError(f"{device}: {exc}") from exc
+
+
+def setup(log: Log) -> tuple[Seed, str]:
+    """Every step before readiness. Raises InitError (or OSError) on any failure."""
+    device = os.environ.get(SEED_DEVICE_ENV) or find_seed_device()
+    if not device:
+        raise InitError(f"no disk with serial {contract.SEED_SERIAL}")
+    seed = read_seed(device)
+    log(f"seed {device}: session {seed.session}, {len(seed.mounts)} shares")
+    load_modules(log)
+    loopback_up()
+    set_hostname(seed.hostname)
+    create_agent(seed)
+    log(f"user {contract.AGENT_USER} uid {seed.agent_uid} gid {seed.agent_gid}")
+    mount_shares(seed.mounts, log)
+    write_ssh_files(seed)
+    install_ca_certs(seed.ca_certs)
+    _write("/etc/environment", environment_file(dict(seed.env)), 0o644)
+    links = link_virtio_ports(log)
+    if seed.channel_port not in links:
+        raise InitError(f"no virtio-serial port named {seed.channel_port}")
+    lock_down(device)
+    return seed, f"{VIRTIO_PORTS_DIR}/{seed.channel_port}"
+
+
+# --- PID 1 -------------------------------------------------------------------------------------
+def power_off() -> NoReturn:
+    os.sync()
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.reboot(LINUX_REBOOT_CMD_POWER_OFF)
+    os._exit(1)  # only reached if reboot(2) failed (not PID 1, no CAP_SYS_BOOT)
+
+
+def start_relay(port_path: str, log: Log) -> int:
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the guest
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            null = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(null, 0)
+            logfd = log.fileno()
+            if logfd is not None:
+                os.dup2(logfd, 1)
+                os.dup2(logfd, 2)
+            from cowork.guest import relay
+
+            relay.serve_forever(port_path, list(SSHD_ARGV))
+        except BaseException as exc:
+            log(f"relay failed: {exc!r}")
+        os._exit(1)
+    log(f"relay started (pid {pid}) on {port_path}")
+    return pid
+
+
+def supervise(port_path: str, log: Log) -> NoReturn:
+    """Reap every child forever; restart the relay when it exits; power off on TERM/INT."""
+    watched = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # SIG_DFL would discard it
+    signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    relay_pid = start_relay(port_path, log)
+    relay_died_at: float | None = None
+    while True:
+        info = signal.sigtimedwait(watched, RELAY_RESTART_DELAY)
+        if info is not None and info.si_signo in (signal.SIGTERM, signal.SIGINT):
+            log(f"signal {info.si_signo}: powering off")
+            shutdown(log)
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            if pid == relay_pid:
+                log(f"relay exited ({os.waitstatus_to_exitcode(status)}); restarting")
+                relay_pid = -1
+                relay_died_at = time.monotonic()
+        if (
+            relay_pid < 0
+            and relay_died_at is not None
+            and time.monotonic() - relay_died_at >= RELAY_RESTART_DELAY
+        ):
+            relay_pid = start_relay(port_path, log)
+            relay_died_at = None
+
+
+def shutdown(log: Log) -> NoReturn:
+    os.sync()
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(OSError):
+            os.kill(-1, sig)
+        if sig == signal.SIGTERM:
+            time.sleep(0.5)
+    os.sync()
+    log("powering off")
+    power_off()
+
+
+def main() -> NoReturn:
+    if os.getpid() != 1:
+        # Never act on a host (or anywhere but a fresh guest): this rewrites /etc/passwd.
+        sys.stderr.write("cowork-init: not PID 1: refusing to run (this is the guest's init)\n")
+        raise SystemExit(2)
+    log = Log()
+    started = time.monotonic()
+    try:
+        seed, port_path = setup(log)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        log(f"setup failed: {reason}")
+        console(f"{FAILED_MARKER} {reason}")
+        shutdown(log)
+    log(f"ready in {time.monotonic() - started:.2f} s after init start")
+    console(f"{READY_MARKER} {seed.session}")
+    supervise(port_path, log)
+
+
+if __name__ == "__main__":
+    main()

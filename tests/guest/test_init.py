@@ -1,0 +1,210 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cowork.guest import contract, init
+from cowork.guest.contract import Mount
+
+PASSWD = """root:x:0:0:root:/root:/bin/bash
+daemon:x:1:1:daemon:/usr/sbin:/usr/sbin/nologin
+olduser:x:1000:1000:Old,,,:/home/olduser:/bin/bash
+agent:x:1001:1001::/home/agent:/bin/sh
+"""
+GROUP = """root:x:0:
+sudo:x:27:olduser,agent
+users:x:100:agent
+olduser:x:1000:
+agent:x:1001:
+"""
+SHADOW = """root:*:19000:0:99999:7:::
+olduser:$y$hash:19000:0:99999:7:::
+agent:!:19000:0:99999:7:::
+"""
+
+
+def _sysfs(tmp_path, disks):
+    for name, serial in disks.items():
+        d = tmp_path / "block" / name
+        d.mkdir(parents=True)
+        if serial is not None:
+            (d / "serial").write_text(serial + "\n")
+    return str(tmp_path)
+
+
+def test_find_seed_device_by_serial_not_by_order(tmp_path):
+    root = _sysfs(tmp_path, {"vda": None, "vdb": "other", "vdc": contract.SEED_SERIAL})
+    assert init.find_seed_device(root) == "/dev/vdc"
+
+
+def test_find_seed_device_none_when_absent(tmp_path):
+    assert init.find_seed_device(_sysfs(tmp_path, {"vda": "x"})) is None
+    assert init.find_seed_device(str(tmp_path / "missing")) is None
+
+
+def test_virtio_port_links(tmp_path):
+    for dev, name in (("vport1p1", "org.cowork.channel.0"), ("vport1p2", "../evil"), ("x", "")):
+        d = tmp_path / "class" / "virtio-ports" / dev
+        d.mkdir(parents=True)
+        (d / "name").write_text(name + "\n")
+    assert init.virtio_port_links(str(tmp_path)) == {"org.cowork.channel.0": "vport1p1"}
+
+
+def test_mount_options_and_argv():
+    rw = Mount(tag="cw-ws", target="/workspace", readonly=False)
+    ro = Mount(tag="cw-claude", target="/home/agent/.claude", readonly=True)
+    assert init.mount_options(rw) == "trans=virtio,version=9p2000.L,msize=512000"
+    assert init.mount_options(ro) == "trans=virtio,version=9p2000.L,msize=512000,ro"
+    assert init.mount_argv(ro) == [
+        "/bin/mount",
+        "-t",
+        "9p",
+        "-o",
+        "trans=virtio,version=9p2000.L,msize=512000,ro",
+        "cw-claude",
+        "/home/agent/.claude",
+    ]
+
+
+@pytest.mark.parametrize(
+    "mount",
+    [
+        Mount(tag="bad tag", target="/workspace", readonly=False),
+        Mount(tag="cw-ws", target="relative", readonly=False),
+        Mount(tag="cw-ws", target="/workspace/../etc", readonly=False),
+    ],
+)
+def test_mount_argv_refuses_bad_values(mount):
+    with pytest.raises(init.InitError):
+        init.mount_argv(mount)
+
+
+PROC_MOUNTS = """/dev/root / ext4 rw,relatime 0 0
+proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0
+cw-ws /workspace 9p rw,relatime,access=client,msize=512000,trans=virtio 0 0
+cw-wsclaude /workspace/.claude 9p ro,relatime,msize=512000,trans=virtio 0 0
+cw-claude /home/agent/my\\040claude 9p ro,relatime,trans=virtio 0 0
+"""
+
+MOUNTS = (
+    Mount(tag="cw-ws", target="/workspace", readonly=False),
+    Mount(tag="cw-wsclaude", target="/workspace/.claude", readonly=True),
+    Mount(tag="cw-claude", target="/home/agent/my claude", readonly=True),
+)
+
+
+def test_parse_proc_mounts_decodes_escapes():
+    entries = init.parse_proc_mounts(PROC_MOUNTS)
+    assert entries[-1].target == "/home/agent/my claude"
+    assert entries[-1].readonly
+    assert entries[2].fstype == "9p" and not entries[2].readonly
+
+
+def test_check_mounts_accepts_the_expected_shares():
+    init.check_mounts(MOUNTS, PROC_MOUNTS)
+
+
+def test_check_mounts_fails_closed_on_a_missing_share():
+    text = PROC_MOUNTS.replace("cw-wsclaude /workspace/.claude", "cw-x /elsewhere")
+    with pytest.raises(init.InitError, match=r"not mounted at /workspace/\.claude"):
+        init.check_mounts(MOUNTS, text)
+
+
+def test_check_mounts_fails_closed_on_a_writable_readonly_share():
+    text = PROC_MOUNTS.replace(
+        "cw-wsclaude /workspace/.claude 9p ro,", "cw-wsclaude /workspace/.claude 9p rw,"
+    )
+    with pytest.raises(init.InitError, match="must be read-only"):
+        init.check_mounts(MOUNTS, text)
+
+
+def test_check_mounts_looks_at_the_topmost_mount():
+    # Something mounted over the share afterwards hides it: that is not our share.
+    text = PROC_MOUNTS + "tmpfs /workspace/.claude tmpfs rw 0 0\n"
+    with pytest.raises(init.InitError, match="tmpfs"):
+        init.check_mounts(MOUNTS, text)
+
+
+def test_replace_passwd_drops_same_name_and_same_uid():
+    out = init.replace_passwd(PASSWD, "agent", 1000, 1000, "/home/agent", "/bin/bash")
+    lines = out.splitlines()
+    assert "agent:x:1000:1000:cowork agent:/home/agent:/bin/bash" in lines
+    assert not any(line.startswith(("olduser:", "agent:x:1001")) for line in lines)
+    assert lines[0].startswith("root:x:0:0")
+    assert init.passwd_names_with_uid(PASSWD, 1000) == ["olduser"]
+
+
+def test_replace_passwd_refuses_root_ids_and_odd_names():
+    with pytest.raises(init.InitError):
+        init.replace_passwd(PASSWD, "agent", 0, 1000, "/home/agent", "/bin/bash")
+    with pytest.raises(init.InitError):
+        init.replace_passwd(PASSWD, "agent", 1000, 0, "/home/agent", "/bin/bash")
+    with pytest.raises(init.InitError):
+        init.replace_passwd(PASSWD, "a:b", 1000, 1000, "/home/agent", "/bin/bash")
+
+
+def test_replace_group_leaves_the_agent_in_no_other_group():
+    out = init.replace_group(GROUP, "agent", 1000, "agent")
+    lines = out.splitlines()
+    assert "sudo:x:27:olduser" in lines
+    assert "users:x:100:" in lines
+    assert "agent:x:1000:" in lines
+    assert not any(line.startswith("olduser:") for line in lines)  # gid 1000 reused
+
+
+def test_replace_shadow_locks_the_agent():
+    out = init.replace_shadow(SHADOW, "agent", ["olduser"])
+    assert out.splitlines() == ["root:*:19000:0:99999:7:::", "agent:*:19000:0:99999:7:::"]
+
+
+def test_environment_file_quotes_and_refuses_what_it_cannot_carry():
+    text = init.environment_file({"HTTPS_PROXY": "http://127.0.0.1:3128", "A": "x y"})
+    assert text == 'A="x y"\nHTTPS_PROXY="http://127.0.0.1:3128"\n'
+    for bad in ({"A B": "x"}, {"A": 'x"y'}, {"A": "x\ny"}):
+        with pytest.raises(init.InitError):
+            init.environment_file(bad)
+
+
+PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"
+
+
+def test_ca_bundle_addition_appends_once():
+    assert init.ca_bundle_addition("existing\n", [PEM]) == PEM + "\n"
+    assert init.ca_bundle_addition("existing", [PEM]) == "\n" + PEM + "\n"
+    assert init.ca_bundle_addition("x\n" + PEM + "\n", [PEM]) == ""
+    with pytest.raises(init.InitError):
+        init.ca_bundle_addition("", ["not a cert"])
+
+
+def test_read_seed_round_trip_and_rejects_garbage(tmp_path):
+    seed = contract.Seed(
+        session="s1",
+        host_key="KEY",
+        authorized_key="ssh-ed25519 AAAA host",
+        agent_uid=1000,
+        agent_gid=1000,
+        mounts=MOUNTS,
+        guest_code={"cowork/guest/init.py": "x"},
+    )
+    dev = tmp_path / "seed.img"
+    dev.write_bytes(contract.encode_seed(seed) + b"\0" * 4096)
+    assert init.read_seed(str(dev)) == seed
+    dev.write_bytes(b"\0" * 4096)
+    with pytest.raises(init.InitError):
+        init.read_seed(str(dev))
+
+
+def test_main_refuses_to_run_when_not_pid_1(tmp_path):
+    # The guest's init must never act on a host: outside PID 1 it exits at once, touching
+    # nothing (no log file, no /etc changes).
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "cowork.guest.init"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert "not PID 1" in done.stderr
