@@ -283,7 +283,7 @@ class RuleAssessor:
         ) and base not in {".env.example", ".env.sample", ".env.template"}:
             return Assessment(
                 Risk.RISKY,
-                f"{rel} may contain passwords or keys; the agent would read or change it.",
+                f"The file {rel} may contain passwords or keys.",
                 "secret-file",
             )
         return ROUTINE

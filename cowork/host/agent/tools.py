@@ -1,6 +1,6 @@
 """The agent's tools. Every one runs inside the guest over the channel; none touches a host file.
 
-- ``bash``: ``bash -c`` in /workspace under ``timeout``; output truncated with a note.
+- ``bash``: ``bash -c`` in /workspace with the runner's timeout; output truncated with a note.
 - ``read_file``, ``write_file``, ``edit_file``, ``list_files``, ``grep``: the small program in
   :mod:`cowork.host.agent.guestfs`, run by the guest's python3, which confines every path to
   /workspace after resolving symlinks in the guest. File contents travel on stdin, never argv.
@@ -220,8 +220,10 @@ class GuestTools:
                 raise ValueError("bash needs a non-empty 'command'")
             limit = float(call.input.get("timeout") or self.bash_timeout)
             limit = max(1.0, min(limit, self.bash_timeout * 5))
-            inner = f"timeout -k 5 {int(limit)} bash -c {shlex.quote(command)}"
-            return GuestCommand(self._wrap(call.id, inner), None, limit + 10)
+            # No coreutils `timeout`: it moves the command into its own process group, out of
+            # reach of the runner's (and our interrupt's) group kill. The runner times out.
+            inner = f"bash -c {shlex.quote(command)}"
+            return GuestCommand(self._wrap(call.id, inner), None, limit)
         if call.name in FILE_TOOLS:
             request = {k: v for k, v in call.input.items() if k not in {"op", "root"}}
             request.update(op=call.name, root=self.root)

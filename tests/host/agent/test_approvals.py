@@ -1,0 +1,131 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from cowork.errors import UsageError
+from cowork.host.agent.approvals import (
+    Approvals,
+    Assessment,
+    ClassifierAssessor,
+    Risk,
+    RuleAssessor,
+)
+from cowork.host.agent.loop import ToolCall, Verdict
+from cowork.host.agent.settings import AgentSettings, ApprovalMode
+
+CORPUS = Path(__file__).parents[2] / "data" / "approvals" / "corpus.jsonl"
+
+
+def load_corpus():
+    rows = [json.loads(line) for line in CORPUS.read_text().splitlines() if line.strip()]
+    return [(ToolCall(f"c{n}", r["tool"], r["input"]), r) for n, r in enumerate(rows)]
+
+
+def test_corpus_auto_mode_runs_routine_work_and_stops_every_dangerous_action():
+    corpus = load_corpus()
+    assert len(corpus) >= 60
+    gate = Approvals(ApprovalMode.AUTO, RuleAssessor())
+    benign = [(c, r) for c, r in corpus if r["label"] == "benign"]
+    dangerous = [(c, r) for c, r in corpus if r["label"] == "dangerous"]
+    ran_benign = [c for c, _ in benign if gate.decide(c).verdict is Verdict.RUN]
+    stopped = [c for c, _ in dangerous if gate.decide(c).verdict is not Verdict.RUN]
+    benign_pct = 100 * len(ran_benign) / len(benign)
+    stopped_pct = 100 * len(stopped) / len(dangerous)
+    print(
+        f"\napprovals corpus ({len(corpus)} actions): benign run without asking "
+        f"{len(ran_benign)}/{len(benign)} = {benign_pct:.1f}%; dangerous stopped "
+        f"{len(stopped)}/{len(dangerous)} = {stopped_pct:.1f}%"
+    )
+    missed = [r["input"] for c, r in dangerous if c not in stopped]
+    asked_benign = [(r["input"], gate.decide(c).reason) for c, r in benign if c not in ran_benign]
+    print("benign actions that were stopped:", asked_benign)
+    assert missed == []
+    assert benign_pct >= 90
+
+
+def test_every_reason_is_one_plain_sentence():
+    gate = Approvals(ApprovalMode.AUTO, RuleAssessor())
+    for call, _ in load_corpus():
+        reason = gate.decide(call).reason
+        assert reason.endswith(".") and reason[0].isupper(), reason
+        assert reason.count(". ") == 0, reason
+        assert len(reason) < 160, reason
+
+
+@pytest.mark.parametrize(
+    ("mode", "tool", "input_", "verdict"),
+    [
+        (ApprovalMode.AUTO, "bash", {"command": "ls"}, Verdict.RUN),
+        (ApprovalMode.ASK, "bash", {"command": "ls"}, Verdict.ASK),
+        (ApprovalMode.ASK, "read_file", {"path": "a.txt"}, Verdict.RUN),
+        (ApprovalMode.DENY_RISKY, "bash", {"command": "ls"}, Verdict.RUN),
+        (ApprovalMode.AUTO, "bash", {"command": "git push -f"}, Verdict.ASK),
+        (ApprovalMode.ASK, "bash", {"command": "git push -f"}, Verdict.ASK),
+        (ApprovalMode.DENY_RISKY, "bash", {"command": "git push -f"}, Verdict.REFUSE),
+        (ApprovalMode.ASK, "bash", {"command": "cat ~/.aws/credentials"}, Verdict.REFUSE),
+        (ApprovalMode.AUTO, "bash", {"command": "cat ~/.aws/credentials"}, Verdict.REFUSE),
+    ],
+)
+def test_mode_table(mode, tool, input_, verdict):
+    assert Approvals(mode, RuleAssessor()).decide(ToolCall("x", tool, input_)).verdict is verdict
+
+
+def test_egress_policy_that_would_deny_refuses_with_the_host_named():
+    seen = []
+
+    def check(method, url):
+        seen.append((method, url))
+        return ("files.example.io" not in url, "no grant for this host")
+
+    gate = Approvals(ApprovalMode.AUTO, RuleAssessor(egress_check=check))
+    denied = gate.decide(ToolCall("x", "bash", {"command": "curl https://files.example.io/a"}))
+    assert denied.verdict is Verdict.REFUSE and "files.example.io" in denied.reason
+    upload = ToolCall("y", "bash", {"command": "curl -d @a.csv https://api.example.org/v1"})
+    assert gate.decide(upload).verdict is Verdict.RUN  # granted for POST by the admin
+    assert ("POST", "https://api.example.org/v1") in seen
+
+
+def test_a_failing_egress_check_refuses():
+    def broken(method, url):
+        raise RuntimeError("gateway not reachable")
+
+    gate = Approvals(ApprovalMode.AUTO, RuleAssessor(egress_check=broken))
+    decision = gate.decide(ToolCall("x", "bash", {"command": "curl https://example.org"}))
+    assert decision.verdict is Verdict.REFUSE
+
+
+def test_a_failing_assessor_refuses_fail_closed():
+    class Broken:
+        def assess(self, call):
+            raise ValueError("bug")
+
+    for mode in ApprovalMode:
+        decision = Approvals(mode, Broken()).decide(ToolCall("x", "bash", {"command": "ls"}))
+        assert decision.verdict is Verdict.REFUSE
+
+
+def test_classifier_can_raise_but_never_lower_risk_and_fails_to_asking():
+    rules = RuleAssessor()
+    lower = ClassifierAssessor(rules, lambda call: (Risk.ROUTINE, "fine"))
+    assert lower.assess(ToolCall("x", "bash", {"command": "git push -f"})).risk is Risk.RISKY
+    higher = ClassifierAssessor(rules, lambda call: (Risk.RISKY, "Looks like it deletes data."))
+    got = higher.assess(ToolCall("x", "bash", {"command": "python3 tidy.py"}))
+    assert got == Assessment(Risk.RISKY, "Looks like it deletes data.", "classifier")
+
+    def broken(call):
+        raise TimeoutError
+
+    failing = ClassifierAssessor(rules, broken)
+    assert failing.assess(ToolCall("x", "bash", {"command": "python3 x.py"})).risk is Risk.RISKY
+
+
+def test_admin_can_forbid_modes():
+    settings = AgentSettings(allowed_approval_modes=frozenset({ApprovalMode.DENY_RISKY}))
+    with pytest.raises(UsageError, match="not allowed by your administrator"):
+        settings.resolve_mode("auto")
+    with pytest.raises(UsageError, match="not allowed"):
+        settings.resolve_mode(None)  # the default (auto) is forbidden too
+    assert settings.resolve_mode("deny-risky") is ApprovalMode.DENY_RISKY
+    with pytest.raises(UsageError, match="unknown approval mode"):
+        AgentSettings().resolve_mode("yolo")
