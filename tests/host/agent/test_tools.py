@@ -152,5 +152,6 @@ def test_unknown_tool_and_bad_input_are_errors_not_crashes(tools):
 
 def test_describe_and_truncate():
     assert describe(call("bash", command="ls   -la")) == "Run a command: ls -la"
-    assert describe(call("write_file", path="a.md", content="abc")) == "Write the file a.md (3 bytes)"
+    written = describe(call("write_file", path="a.md", content="abc"))
+    assert written == "Write the file a.md (3 bytes)"
     assert truncate("abc", 10) == "abc"
