@@ -404,6 +404,8 @@ class TrustStore:
     def verified_snapshot(self, workspace: Path) -> Snapshot | None:
         """The workspace's config bytes if (and only if) they match the trusted hashes."""
         try:
+            if str(workspace_key(workspace)) not in self._read():
+                return None  # untrusted: its config files are not even opened
             snap = snapshot(workspace)
             return snap if self.status(workspace, snap).trusted else None
         except Exception:

@@ -31,10 +31,15 @@ class Listener:
         host, port = self.sock.getsockname()[:2]
         return f"http://{host}:{port}"
 
+    stop: threading.Event = field(default_factory=threading.Event)
+
     def serve(self) -> None:
-        while True:
+        self.sock.settimeout(0.1)
+        while not self.stop.is_set():
             try:
                 conn, addr = self.sock.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
             self.connections.append(addr)
@@ -127,8 +132,9 @@ def canary(tmp_path: Path):
     try:
         yield Canary(workspace, markers, listener)
     finally:
-        sock.close()
+        listener.stop.set()
         thread.join(timeout=5)
+        sock.close()
 
 
 @pytest.fixture
