@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,10 @@ class LocalRunner:
     commands: list[str] = field(default_factory=list)
     #: Every stdout and stderr the runner returned, in order (for leak checks).
     outputs: list[str] = field(default_factory=list)
+    #: Commands abandoned by a simulated Ctrl-C, with the thread that reaps each.
+    interrupted: list[tuple[subprocess.Popen[str], threading.Thread]] = field(
+        default_factory=list
+    )
 
     def run(
         self,
@@ -64,8 +69,11 @@ class LocalRunner:
         if self.interrupt_when is not None and self.interrupt_when(cmd):
             # Let the command start (it writes its pid file) before the "Ctrl-C".
             time.sleep(0.3)
-            if proc.stdin is not None:
-                proc.stdin.close()
+            # Like the channel, leave the command to be stopped by whoever handles the
+            # interrupt; a reaper collects it so its pipes are closed.
+            reaper = threading.Thread(target=proc.communicate, daemon=True)
+            reaper.start()
+            self.interrupted.append((proc, reaper))
             raise KeyboardInterrupt
         timed_out = False
         try:
