@@ -19,9 +19,7 @@ SCRIPTS = Path(__file__).parents[2] / "data" / "scripts"
 
 def snapshot(root):
     return {
-        str(p.relative_to(root)): p.read_bytes()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
     }
 
 
@@ -178,7 +176,7 @@ def test_workspace_hooks_run_in_the_guest_and_can_block(ws, tmp_path):
             }
         )
     )
-    summary, server, _, _, _ = run_script(
+    _, server, _, _, _ = run_script(
         load_script(SCRIPTS / "edit_task.json"), ws, tmp_path, hooks_trusted=True
     )
     assert (ws / "draft.txt").read_text() == "Teh quick brown fox\n"
@@ -190,7 +188,9 @@ def test_workspace_hooks_run_in_the_guest_and_can_block(ws, tmp_path):
 def test_untrusted_workspace_hooks_do_not_run(ws, tmp_path):
     (ws / ".claude").mkdir()
     (ws / ".claude" / "settings.json").write_text(
-        json.dumps({"hooks": {"PreToolUse": [{"hooks": [{"type": "command", "command": "touch ran"}]}]}})
+        json.dumps(
+            {"hooks": {"PreToolUse": [{"hooks": [{"type": "command", "command": "touch ran"}]}]}}
+        )
     )
     run_script(load_script(SCRIPTS / "edit_task.json"), ws, tmp_path)
     assert not (ws / "ran").exists()
