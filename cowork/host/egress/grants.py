@@ -148,3 +148,72 @@ class Grant(BaseModel):
     @property
     def effective_port(self) -> int:
         return self.port if self.port is not None else (443 if self.scheme == "https" else 80)
+
+
+# --- matching ------------------------------------------------------------------------------
+
+_PATH_TRICK_RE = re.compile(r"%(2e|2f|5c|00)", re.IGNORECASE)
+
+
+def host_matches(pattern: str, host: str) -> bool:
+    """``host`` (already normalised, lower-case) against a grant host pattern.
+
+    An exact pattern matches only itself; ``*.a.b`` matches exactly one more label
+    (``x.a.b``), never ``a.b`` itself, never ``x.y.a.b`` and never ``xa.b``.
+    """
+    if pattern.startswith("*."):
+        suffix = pattern[1:]  # ".a.b"
+        if not host.endswith(suffix):
+            return False
+        first = host[: -len(suffix)]
+        return bool(first) and "." not in first and LABEL_RE.match(first) is not None
+    return host == pattern
+
+
+def _pattern_regex(pattern: str) -> re.Pattern[str]:
+    out = []
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out))
+
+
+def path_is_plain(path: str) -> bool:
+    """False for paths an upstream could normalise into a different one.
+
+    Refused: ``.``/``..`` segments, empty segments (``//``), backslashes, encoded dots,
+    slashes, backslashes or NUL, and anything not printable ASCII.
+    """
+    if not path.startswith("/") or not path.isascii():
+        return False
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in path) or "\\" in path:
+        return False
+    if _PATH_TRICK_RE.search(path):
+        return False
+    segments = path.split("/")[1:]
+    return not any(s in (".", "..") for s in segments) and "//" not in path
+
+
+def path_matches(pattern: str, path: str) -> bool:
+    """``path`` (without query string) against one grant path pattern."""
+    if not path_is_plain(path):
+        return False
+    return _pattern_regex(pattern).fullmatch(path) is not None
+
+
+def grant_matches_destination(grant: Grant, scheme: str, host: str, port: int) -> bool:
+    return (
+        grant.scheme == scheme and grant.effective_port == port and host_matches(grant.host, host)
+    )
+
+
+def grant_allows(grant: Grant, method: str, path: str) -> bool:
+    return method in grant.methods and any(path_matches(p, path) for p in grant.paths)
