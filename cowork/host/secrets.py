@@ -205,3 +205,17 @@ class MemoryKeyring(keyring.backend.KeyringBackend):
 
 def default_secrets() -> KeyringSecrets:
     return KeyringSecrets()
+
+
+def secret_service_backend() -> keyring.backend.KeyringBackend:
+    """The freedesktop Secret Service backend, or :class:`SecretError` when unreachable."""
+    from keyring.backends import SecretService
+
+    try:
+        _ = SecretService.Keyring.priority  # raises when no service is on the bus
+    except Exception as exc:
+        raise SecretError(
+            f"No Secret Service is reachable ({type(exc).__name__}); start GNOME Keyring or "
+            "KWallet in this session."
+        ) from None
+    return SecretService.Keyring()  # type: ignore[no-untyped-call]

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import pytest
+
+from cowork.host.egress.gate import (
+    RequestFacts,
+    decide_connect,
+    decide_request,
+    foreign_credentials,
+    redact_path,
+)
+from cowork.host.egress.grants import Grant
+
+GRANTS = [
+    Grant(
+        id="msgs",
+        host="api.example.com",
+        methods=("POST",),
+        paths=("/v1/messages",),
+        credential="anthropic",
+        inject_header="x-api-key",
+        inject_format="{credential}",
+    ),
+    Grant(id="ws", host="ws.example.com", paths=("/socket",), websocket=True),
+    Grant(id="alt", host="alt.example.com", port=8443),
+]
+
+
+def facts(**kw: object) -> RequestFacts:
+    base: dict[str, object] = {
+        "scheme": "https",
+        "host": "api.example.com",
+        "port": 443,
+        "method": "POST",
+        "path": "/v1/messages",
+        "headers": (("host", "api.example.com"),),
+        "host_header": "api.example.com",
+        "tunnel": ("api.example.com", 443),
+        "sni": "api.example.com",
+    }
+    base.update(kw)
+    return RequestFacts(**base)  # type: ignore[arg-type]
+
+
+def test_granted_request() -> None:
+    d = decide_request(facts(), GRANTS)
+    assert d.allowed and d.grant_id == "msgs"
+
+
+@pytest.mark.parametrize(
+    ("kw", "reason"),
+    [
+        ({"method": "GET"}, "method or path"),
+        ({"path": "/v1/files"}, "method or path"),
+        ({"sni": "evil.test"}, "SNI"),
+        ({"sni": None}, "SNI"),
+        ({"host": "evil.test", "host_header": "evil.test"}, "CONNECT target"),
+        ({"host_header": "evil.test"}, "Host header"),
+        ({"host_header": None}, "missing Host"),
+        ({"tunnel": None}, "HTTPS must use CONNECT"),
+        ({"headers": (("x-api-key", "sk-attacker"),)}, "did not issue"),
+        ({"headers": (("cookie", "s=1"),)}, "did not issue"),
+        ({"headers": (("x-custom-token", "abc"),)}, "did not issue"),
+        ({"path": "/v1/messages?access_token=abc"}, "did not issue"),
+        ({"headers": (("upgrade", "h2c"), ("connection", "Upgrade"))}, "upgrade refused"),
+        ({"headers": (("upgrade", "websocket"),)}, "websocket not granted"),
+        ({"host": "127.0.0.1", "host_header": "127.0.0.1"}, "IP address"),
+    ],
+)
+def test_denials(kw: dict[str, object], reason: str) -> None:
+    d = decide_request(facts(**kw), GRANTS)
+    assert not d.allowed
+    assert reason in d.reason
+
+
+def test_placeholders_are_not_foreign() -> None:
+    headers = (("authorization", "Bearer cowork-managed"), ("x-api-key", "cowork-managed"))
+    assert foreign_credentials(headers, "key=cowork-managed") == []
+    assert decide_request(facts(headers=headers), GRANTS).allowed
+
+
+def test_websocket_needs_grant_and_setting() -> None:
+    ws = facts(
+        host="ws.example.com",
+        host_header="ws.example.com",
+        tunnel=("ws.example.com", 443),
+        sni="ws.example.com",
+        method="GET",
+        path="/socket",
+        headers=(("upgrade", "websocket"), ("sec-websocket-key", "abc")),
+    )
+    assert not decide_request(ws, GRANTS).allowed
+    assert decide_request(
+        RequestFacts(**{**ws.__dict__, "websockets_enabled": True}), GRANTS
+    ).allowed
+
+
+def test_connect_ports() -> None:
+    assert decide_connect("api.example.com", 443, GRANTS).allowed
+    assert not decide_connect("api.example.com", 22, GRANTS).allowed
+    assert decide_connect("alt.example.com", 8443, GRANTS).allowed
+    assert not decide_connect("alt.example.com", 443, GRANTS).allowed
+    assert not decide_connect("evil.test", 443, GRANTS).allowed
+    assert not decide_connect("0x7f.1", 443, GRANTS).allowed
+
+
+class Exploding(Sequence[Grant]):
+    def __getitem__(self, i: int) -> Grant:  # type: ignore[override]
+        raise RuntimeError("injected fault")
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self) -> Iterator[Grant]:
+        raise RuntimeError("injected fault")
+
+
+def test_any_exception_in_the_gate_denies() -> None:
+    d = decide_request(facts(), Exploding())
+    assert not d.allowed and "internal error" in d.reason
+    d = decide_connect("api.example.com", 443, Exploding())
+    assert not d.allowed and "internal error" in d.reason
+
+
+def test_redact_path_keeps_names_only() -> None:
+    assert redact_path("/a?key=SECRET&x=1") == "/a?key=&x="
+    assert redact_path("/a") == "/a"
