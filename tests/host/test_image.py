@@ -1,0 +1,267 @@
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+
+import pytest
+
+from cowork.errors import ImageError
+from cowork.host import image
+from cowork.paths import Paths
+
+
+def _fake_image(directory, recipe="r" * 64):
+    directory.mkdir(parents=True)
+    files = {}
+    for name, data in (
+        (image.KERNEL_FILE, b"kernel"),
+        (image.INITRD_FILE, b"initrd"),
+        (image.BASE_DISK_FILE, b"disk" * 1000),
+    ):
+        (directory / name).write_bytes(data)
+        files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    manifest = {
+        "format": 1,
+        "recipe_hash": recipe,
+        "built_at": "2026-01-01T00:00:00Z",
+        "kernel_cmdline": image.KERNEL_CMDLINE,
+        "files": files,
+    }
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return directory
+
+
+# --- recipe hash ---------------------------------------------------------------------------
+def test_recipe_hash_is_stable_and_covers_every_recipe_file(tmp_path):
+    recipe = tmp_path / "images"
+    shutil.copytree(image.recipe_dir(), recipe, ignore=shutil.ignore_patterns("__pycache__"))
+    first = image.recipe_hash(recipe)
+    assert first == image.recipe_hash(recipe)
+    assert len(first) == 64
+    for path in sorted(p for p in recipe.rglob("*") if p.is_file()):
+        original = path.read_bytes()
+        path.write_bytes(original + b"\n")
+        assert image.recipe_hash(recipe) != first, path
+        path.write_bytes(original)
+    (recipe / "new-file").write_text("x")
+    assert image.recipe_hash(recipe) != first
+
+
+def test_recipe_hash_ignores_guest_code():
+    # Guest code travels on the seed: editing it must not rebuild the image.
+    files = {
+        p.relative_to(image.recipe_dir()).as_posix()
+        for p in image.recipe_dir().rglob("*")
+        if p.is_file()
+    }
+    assert not any("cowork/guest" in f for f in files)
+    assert {"packages.txt", "prepare.py", "cowork-boot"} <= files
+
+
+def test_recipe_hash_missing_folder_is_an_image_error(tmp_path):
+    with pytest.raises(ImageError, match="recipe folder"):
+        image.recipe_hash(tmp_path / "nope")
+
+
+# --- package list ----------------------------------------------------------------------------
+def test_package_list_has_what_the_guest_needs_and_no_sudo():
+    pkgs = image.read_packages((image.recipe_dir() / "packages.txt").read_text())
+    for needed in ("linux-image-amd64", "python3", "openssh-server", "ca-certificates", "git"):
+        assert needed in pkgs
+    assert "sudo" not in pkgs
+    assert "linux-image-cloud-amd64" not in pkgs  # no 9p in the cloud kernel
+    assert "systemd" not in pkgs
+
+
+def test_read_packages_rejects_garbage():
+    assert image.read_packages("# c\n\nbash  # shell\n") == ["bash"]
+    with pytest.raises(ImageError, match="not a Debian package name"):
+        image.read_packages("bash; rm -rf /\n")
+    with pytest.raises(ImageError, match="no packages"):
+        image.read_packages("# nothing\n")
+
+
+# --- mirrors ---------------------------------------------------------------------------------
+DEB822 = """Types: deb
+# http://snapshot.debian.org/archive/debian/20250520T000000Z
+URIs: http://mirror.example/debian/
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: http://mirror.example/debian-security
+Suites: bookworm-security
+Components: main
+"""
+
+
+def test_mirrors_from_deb822_sources():
+    assert image.mirrors_from_sources([("debian.sources", DEB822)]) == (
+        "http://mirror.example/debian",
+        "http://mirror.example/debian-security",
+    )
+
+
+def test_mirrors_from_one_line_sources_with_options():
+    text = (
+        "# comment\n"
+        "deb-src http://src.example/debian bookworm main\n"
+        "deb [arch=amd64 signed-by=/k.gpg] http://one.example/debian bookworm main contrib\n"
+    )
+    assert image.mirrors_from_sources([("sources.list", text)]) == (
+        "http://one.example/debian",
+        image.DEFAULT_SECURITY_MIRROR,
+    )
+
+
+def test_mirrors_fall_back_and_skip_disabled_or_other_suites():
+    disabled = "Types: deb\nURIs: http://off.example/debian\nSuites: bookworm\nEnabled: no\n"
+    other = "deb https://packages.cloud.google.com/apt cloud-sdk-bookworm main\n"
+    assert image.mirrors_from_sources([("a.sources", disabled), ("b.list", other)]) == (
+        image.DEFAULT_MIRROR,
+        image.DEFAULT_SECURITY_MIRROR,
+    )
+
+
+def test_subordinate_ids():
+    text = "alice:100000:65536\nbob:200000:10\n1001:300000:65536\n"
+    assert image.has_subordinate_ids("alice", 1000, text)
+    assert not image.has_subordinate_ids("bob", 1002, text)  # range too small
+    assert image.has_subordinate_ids("carol", 1001, text)  # by uid
+    assert not image.has_subordinate_ids("dave", 1003, text)
+
+
+# --- build command -----------------------------------------------------------------------------
+def test_mmdebstrap_argv(tmp_path):
+    argv = image.mmdebstrap_argv(
+        mode="unshare",
+        packages=["python3", "bash"],
+        mirror="http://m.example/debian",
+        security="http://m.example/debian-security",
+        recipe=tmp_path / "images",
+        out=tmp_path / "out dir",
+        python="/usr/bin/python3",
+    )
+    assert argv[:4] == ["mmdebstrap", "--mode=unshare", "--variant=minbase", "--format=null"]
+    assert "--include=python3,bash" in argv
+    assert argv[-5:] == [
+        "bookworm",
+        "/dev/null",
+        "deb http://m.example/debian bookworm main",
+        "deb http://m.example/debian bookworm-updates main",
+        "deb http://m.example/debian-security bookworm-security main",
+    ]
+    hooks = [a for a in argv if a.startswith("--customize-hook=")]
+    assert len(hooks) == 2
+    assert f"'{tmp_path / 'out dir'}'" in hooks[0]  # quoted for the hook's shell
+    assert hooks[1].endswith(f"root {image.DISK_SIZE}")
+
+
+def test_missing_build_tools_name_the_debian_packages():
+    with pytest.raises(ImageError) as err:
+        image.check_tools(lambda tool: None if tool != "mmdebstrap" else "/usr/bin/mmdebstrap")
+    assert "mkfs.ext4, qemu-img" in str(err.value)
+    assert "apt-get install --no-install-recommends e2fsprogs qemu-utils" in str(err.value)
+    image.check_tools(lambda tool: f"/usr/bin/{tool}")
+
+
+# --- manifest and verification ---------------------------------------------------------------
+def test_verify_accepts_a_good_image(tmp_path):
+    d = _fake_image(tmp_path / "img")
+    info = image.verify(d)
+    assert info.kernel == d / "vmlinuz"
+    assert info.base_disk == d / "base.qcow2"
+    assert info.size_bytes == len(b"kernel") + len(b"initrd") + 4000
+    assert info.kernel_cmdline == image.KERNEL_CMDLINE
+    assert image.verify(info) == info
+
+
+@pytest.mark.parametrize("name", ["vmlinuz", "initrd.img", "base.qcow2"])
+def test_verify_names_the_file_that_differs(tmp_path, name):
+    d = _fake_image(tmp_path / "img")
+    with (d / name).open("ab") as f:
+        f.write(b"tampered")
+    with pytest.raises(ImageError, match=rf"{name} does not match.*--force"):
+        image.verify(d)
+
+
+def test_verify_names_a_missing_file(tmp_path):
+    d = _fake_image(tmp_path / "img")
+    os.unlink(d / "initrd.img")
+    with pytest.raises(ImageError, match=r"initrd\.img is missing"):
+        image.verify(d)
+
+
+def test_verify_without_or_with_a_broken_manifest(tmp_path):
+    with pytest.raises(ImageError, match="cowork image build"):
+        image.verify(tmp_path)
+    d = _fake_image(tmp_path / "img")
+    (d / "manifest.json").write_text("{not json")
+    with pytest.raises(ImageError, match="unreadable"):
+        image.verify(d)
+    _fake_image(tmp_path / "img2")
+    obj = json.loads((tmp_path / "img2" / "manifest.json").read_text())
+    del obj["files"]["base.qcow2"]
+    (tmp_path / "img2" / "manifest.json").write_text(json.dumps(obj))
+    with pytest.raises(ImageError, match=r"does not list base\.qcow2"):
+        image.verify(tmp_path / "img2")
+
+
+def test_write_manifest_round_trip(tmp_path):
+    d = _fake_image(tmp_path / "img")
+    info = image.write_manifest(d, recipe="abc", kernel_version="6.1.0-1-amd64")
+    assert info.recipe_hash == "abc"
+    assert info.kernel_version == "6.1.0-1-amd64"
+    assert image.verify(d).files == info.files
+
+
+def test_ensure_verifies_an_existing_image_without_building(tmp_path):
+    paths = Paths.under(tmp_path)
+    d = _fake_image(paths.image_dir(image.recipe_hash()))
+    assert image.ensure(paths).dir == d
+    (d / "vmlinuz").write_bytes(b"other")
+    with pytest.raises(ImageError, match="vmlinuz"):
+        image.ensure(paths)
+
+
+# --- recipe hooks (images/prepare.py) ------------------------------------------------------------
+def _prepare():
+    spec = importlib.util.spec_from_file_location("prepare", image.recipe_dir() / "prepare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_strip_privileges_removes_setid_bits_and_problems_reports_leftovers(tmp_path):
+    prepare = _prepare()
+    (tmp_path / "bin").mkdir()
+    su = tmp_path / "bin" / "su"
+    su.write_text("x")
+    os.chmod(su, 0o4755)  # noqa: S103 -- a setuid file to strip
+    wall = tmp_path / "bin" / "wall"
+    wall.write_text("x")
+    os.chmod(wall, 0o2755)  # noqa: S103 -- a setgid file to strip
+    (tmp_path / "bin" / "link").symlink_to("su")
+    keys = tmp_path / "etc" / "ssh"
+    keys.mkdir(parents=True)
+    (keys / "ssh_host_ed25519_key").write_text("secret")
+    found = prepare.problems(tmp_path)
+    assert any("su: still setuid" in p for p in found)
+    assert any("ssh_host_ed25519_key" in p for p in found)
+    assert any("bootstrap missing" in p for p in found)
+
+    setid, _ = prepare.strip_privileges(tmp_path)
+    assert sorted(os.path.basename(p) for p in setid) == ["su", "wall"]
+    assert os.stat(su).st_mode & 0o7777 == 0o755
+    assert os.stat(wall).st_mode & 0o7777 == 0o755
+    assert not any("setuid" in p for p in prepare.problems(tmp_path))
+
+
+def test_bootstrap_is_a_python_script_for_the_kernel():
+    text = (image.recipe_dir() / "cowork-boot").read_text()
+    assert text.startswith("#!/usr/bin/python3")
+    assert os.access(image.recipe_dir() / "cowork-boot", os.X_OK)
+    compile(text, "cowork-boot", "exec")
+    assert image.BOOTSTRAP_PATH in image.KERNEL_CMDLINE
