@@ -33,9 +33,7 @@ class LocalRunner:
     #: Every stdout and stderr the runner returned, in order (for leak checks).
     outputs: list[str] = field(default_factory=list)
     #: Commands abandoned by a simulated Ctrl-C, with the thread that reaps each.
-    interrupted: list[tuple[subprocess.Popen[str], threading.Thread]] = field(
-        default_factory=list
-    )
+    interrupted: list[tuple[subprocess.Popen[str], threading.Thread]] = field(default_factory=list)
 
     def run(
         self,

@@ -32,13 +32,13 @@ def ws(tmp_path):
     return root
 
 
-def run_script(script, ws, tmp_path, *, approver=None, runner=None, **kw):
+def run_script(script, ws, tmp_path, *, approver=None, runner=None, max_turns=10, **kw):
     bus = EventBus(session="t")
     rec = Recorder()
     bus.subscribe(rec)
     sleeps = []
     with OfflineModel(script) as server:
-        settings = AgentSettings(base_url=server.base_url, max_turns=10)
+        settings = AgentSettings(base_url=server.base_url, max_turns=max_turns)
         model = AnthropicModel(settings, "test-key", sleep=sleeps.append)
         transcript = Transcript.create(Paths.under(tmp_path / "cw"), ws)
         summary = run_task(
