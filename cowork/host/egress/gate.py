@@ -282,3 +282,46 @@ def decide_request(facts: RequestFacts, grants: Sequence[Grant]) -> Decision:
     except Exception:
         log.exception("egress gate failed deciding a request; denied")
         return _deny("internal error in the egress gate (denied)")
+
+
+def explain_url(url: str, method: str, grants: Sequence[Grant]) -> Decision:
+    """What the gateway would decide for ``method url`` from a well-behaved client.
+
+    The request is taken as a client following the proxy variables would send it: HTTPS via
+    CONNECT with matching SNI and Host, plain HTTP in absolute form. DNS is not consulted;
+    the gateway also refuses, at connect time, a name resolving to a non-public address.
+    """
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https"):
+            return _deny("only http:// and https:// URLs go through the gateway")
+        host = parts.hostname or ""
+        raw_host = parts.netloc.rpartition("@")[2]
+        if raw_host.startswith("["):
+            host = raw_host.split("]")[0] + "]"
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError as exc:
+        return _deny(f"not a valid URL ({exc})")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    if scheme == "https":
+        connect = decide_connect(host, port, grants)
+        if not connect.allowed:
+            return Decision(
+                False, "CONNECT refused: " + connect.reason, connect.grant, connect.host
+            )
+    authority = host if (parts.port is None) else f"{host}:{port}"
+    facts = RequestFacts(
+        scheme=scheme,
+        host=host,
+        port=port,
+        method=method.upper(),
+        path=path,
+        headers=(("host", authority),),
+        host_header=authority,
+        tunnel=(host.lower(), port) if scheme == "https" else None,
+        sni=host if scheme == "https" else None,
+    )
+    return decide_request(facts, grants)

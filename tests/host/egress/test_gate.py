@@ -127,3 +127,14 @@ def test_any_exception_in_the_gate_denies() -> None:
 def test_redact_path_keeps_names_only() -> None:
     assert redact_path("/a?key=SECRET&x=1") == "/a?key=&x="
     assert redact_path("/a") == "/a"
+
+
+def test_explain_url() -> None:
+    from cowork.host.egress.gate import explain_url
+
+    assert explain_url("https://api.example.com/v1/messages", "POST", GRANTS).grant_id == "msgs"
+    d = explain_url("https://api.example.com/v1/files", "POST", GRANTS)
+    assert not d.allowed and "method or path" in d.reason
+    assert not explain_url("https://[::1]/", "GET", GRANTS).allowed
+    assert not explain_url("ftp://api.example.com/", "GET", GRANTS).allowed
+    assert explain_url("https://alt.example.com:8443/x", "GET", GRANTS).allowed
