@@ -280,8 +280,6 @@ class GateAddon:
         self._pinned[server.id] = (host, answers[0], port)
 
     def server_connected(self, data: server_hooks.ServerConnectionHookData) -> None:
-        # mitmproxy forbids renaming an open connection, so a pinned connection keeps its IP
-        # as address and is not reused for the next request by name (each request re-checks).
         server = data.server
         pinned = self._pinned.get(server.id)
         if pinned is None or server.peername is None:
@@ -292,6 +290,12 @@ class GateAddon:
             same = False
         if not same:  # cannot happen: the address connected to is the one checked above
             log.error("egress: upstream peer differs from the checked address")
+            return
+        # Give the open connection its name back so the engine reuses it for the next request
+        # to the same host (mitmproxy caps open connections per address at 5; without reuse a
+        # busy tunnel would stall). mitmproxy guards this attribute on open connections only
+        # to catch accidental redirects; this one is deliberate and already checked.
+        object.__setattr__(server, "address", (pinned[0], pinned[2]))
 
     def server_disconnected(self, data: server_hooks.ServerConnectionHookData) -> None:
         self._pinned.pop(data.server.id, None)

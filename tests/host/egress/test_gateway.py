@@ -499,3 +499,11 @@ def test_missing_or_wrong_token_is_refused(env: Env, token: str) -> None:
     assert status == 407
     assert env.no_upstream_activity
     assert_no_leak(env)
+
+
+def test_many_requests_on_one_tunnel_reuse_the_checked_connection(env: Env) -> None:
+    with client(env) as c:
+        codes = [c.post(api(env), content=b"{}").status_code for _ in range(8)]
+    assert codes == [200] * 8
+    assert len(env.upstream.connections) == 1
+    assert env.resolver.queries == ["api.allowed.test"]
