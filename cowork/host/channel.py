@@ -1,11 +1,67 @@
 """The private channel to the guest: SSH (paramiko) over the VM's virtio-serial port.
 
-This module is the only one that imports paramiko.
+This module is the only one that imports paramiko; every paramiko and socket error is
+translated here into :class:`~cowork.errors.ChannelError` with a plain message.
+
+Contract:
+- :meth:`Channel.connect` resynchronises the byte stream before SSH starts (``SYNC <nonce>``
+  / ``ACK <nonce>``, a fresh random nonce per try; see :mod:`cowork.guest.relay`), then
+  verifies that the guest's host key is EXACTLY the pinned one. A different key is refused at
+  once (never trust-on-first-use, never retried); anything else that fails is retried on a
+  fresh connection with backoff until the timeout, because the guest may still be booting.
+- One transport per VM; every method may be called from several threads at once.
+- Every command runs through the guest runner (:mod:`cowork.guest.runner`) in its own process
+  group, so a timeout or an interrupt kills the command and all its children.
+- Environment for a command is passed on its command line, never with SSH ``env`` requests.
+- A transport that stops answering keepalives is torn down; calls then raise ChannelError.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
+import logging
+import os
+import re
+import secrets
+import select
+import shlex
+import signal
+import socket
+import termios
+import threading
+import time
+import tty
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+import paramiko
+
+from cowork.errors import ChannelError, CommandFailed
+from cowork.guest.contract import (
+    ACK_PREFIX,
+    AGENT_USER,
+    GUEST_LIB_DIR,
+    SYNC_PREFIX,
+    WORKSPACE_MOUNT,
+)
+from cowork.host.events import EventBus, Kind
+
+log = logging.getLogger(__name__)
+
+#: How a command reaches the guest runner (the guest init unpacks guest code there).
+GUEST_RUNNER: tuple[str, ...] = ("python3", f"{GUEST_LIB_DIR}/cowork/guest/runner.py")
+#: Exit status of a command that ran out of time (as coreutils ``timeout``).
+TIMEOUT_STATUS = 124
+#: Bytes kept from the end of stderr in a CommandFailed message.
+_STDERR_TAIL = 400
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_CHUNK = 65536
 
 
 @dataclass(frozen=True)
@@ -22,3 +78,735 @@ class Result:
     @property
     def ok(self) -> bool:
         return self.exited == 0 and not self.timed_out
+
+
+class CommandChannel(Protocol):
+    """What callers of ``run()`` depend on; :class:`Channel` and ``FakeChannel`` provide it."""
+
+    def run(
+        self,
+        cmd: str | Sequence[str],
+        *,
+        timeout: float | None = None,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        input: bytes | str | None = None,
+        check: bool = False,
+        on_stdout: Callable[[bytes], None] | None = None,
+        on_stderr: Callable[[bytes], None] | None = None,
+    ) -> Result: ...
+
+
+class SocketLike(Protocol):
+    """One forwarded connection, as a reverse-forward handler sees it."""
+
+    def recv(self, n: int) -> bytes: ...
+    def sendall(self, data: bytes) -> None: ...
+    def close(self) -> None: ...
+
+
+def command_line(cmd: str | Sequence[str]) -> str:
+    """The shell command text for ``cmd``; a sequence is quoted word by word."""
+    if isinstance(cmd, str):
+        return cmd
+    return shlex.join(list(cmd))
+
+
+def check_env(env: Mapping[str, str] | None) -> dict[str, str]:
+    """``env`` as a dict, refusing names a shell would not accept."""
+    out: dict[str, str] = {}
+    for key, value in (env or {}).items():
+        if not _ENV_KEY.match(key):
+            raise ChannelError(
+                f"environment variable name {key!r} is not valid: use letters, digits and '_'"
+            )
+        if "\0" in value:
+            raise ChannelError(f"environment variable {key} contains a NUL byte; remove it")
+        out[key] = value
+    return out
+
+
+def failed(result: Result) -> CommandFailed:
+    """The CommandFailed for a result that is not ok (``check=True``)."""
+    if result.timed_out:
+        what = f"did not finish in time and was stopped after {result.duration:.1f} s"
+    else:
+        what = f"exited with status {result.exited}"
+    tail = result.stderr[-_STDERR_TAIL:].strip()
+    message = f"the guest command `{result.command}` {what}"
+    if tail:
+        message += f": {tail}"
+    return CommandFailed(message, result)
+
+
+def parse_public_key(line: str) -> tuple[str, bytes]:
+    """``(key type, key blob)`` from an OpenSSH public key line ``"ssh-ed25519 AAAA... c"``."""
+    parts = line.strip().split()
+    if len(parts) < 2:
+        raise ChannelError(
+            "the pinned host key is not an OpenSSH public key line ('ssh-ed25519 AAAA...')"
+        )
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ChannelError("the pinned host key's base64 part is not valid") from exc
+    return parts[0], blob
+
+
+def public_key_line(private_key: str | Path) -> str:
+    """The OpenSSH public key line of a private key (text or file)."""
+    key = _load_private_key(private_key)
+    return f"{key.get_name()} {key.get_base64()}"
+
+
+def _load_private_key(key: str | Path) -> paramiko.PKey:
+    try:
+        if isinstance(key, Path) or "-----BEGIN" not in key:
+            return paramiko.PKey.from_path(Path(key))
+        for cls in (paramiko.Ed25519Key, paramiko.ECDSAKey, paramiko.RSAKey):
+            with suppress(paramiko.SSHException, ValueError):
+                return cls.from_private_key(io.StringIO(key))
+    except (OSError, paramiko.SSHException, ValueError) as exc:
+        raise ChannelError(f"cannot read the client key {key!s:.60}: {exc}") from exc
+    raise ChannelError("the client key text is not an OpenSSH private key (ed25519, ecdsa, rsa)")
+
+
+class _Refused(ChannelError):
+    """A failure retrying cannot fix (host key mismatch, authentication refused)."""
+
+
+def _abort_socket(sock: socket.socket | None) -> None:
+    # shutdown() first: close() alone hangs a transport blocked on send.
+    if sock is None:
+        return
+    with suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with suppress(OSError):
+        sock.close()
+
+
+def _recv_exact(sock: socket.socket, n: int) -> None:
+    while n > 0:
+        got = sock.recv(min(n, _CHUNK))
+        if not got:
+            raise EOFError("the channel closed during the handshake")
+        n -= len(got)
+
+
+def await_ack(sock: socket.socket, nonce: str, deadline: float) -> int:
+    """Consume the stream up to and including ``ACK <nonce>\\n``; bytes discarded before it.
+
+    Nothing after the ACK line is consumed (it is the start of sshd's banner): the socket is
+    read with MSG_PEEK and only the bytes known to come before the ACK are taken.
+    """
+    ack = ACK_PREFIX + nonce.encode("ascii") + b"\n"
+    discarded = 0
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the guest did not acknowledge the handshake")
+        sock.settimeout(remaining)
+        data = sock.recv(_CHUNK, socket.MSG_PEEK)
+        if not data:
+            raise EOFError("the channel closed during the handshake")
+        at = data.find(ack)
+        if at >= 0:
+            _recv_exact(sock, at + len(ack))
+            return discarded + at
+        # Keep a tail that might be the start of the ACK line.
+        take = len(data) - (len(ack) - 1)
+        if take > 0:
+            _recv_exact(sock, take)
+            discarded += take
+        else:
+            time.sleep(0.01)
+
+
+class Pty:
+    """An interactive remote program on a pseudo-terminal (``cowork shell``)."""
+
+    def __init__(self, chan: paramiko.Channel) -> None:
+        self._chan = chan
+
+    def fileno(self) -> int:
+        return self._chan.fileno()
+
+    def read(self, n: int = _CHUNK, timeout: float | None = None) -> bytes:
+        """Up to ``n`` bytes of output; ``b""`` at end of output. Raises TimeoutError."""
+        self._chan.settimeout(timeout)
+        try:
+            return bytes(self._chan.recv(n))
+        except TimeoutError:
+            raise
+        except (OSError, paramiko.SSHException) as exc:
+            raise ChannelError(f"reading from the guest terminal failed: {exc}") from exc
+
+    def write(self, data: bytes | str) -> None:
+        raw = data.encode() if isinstance(data, str) else data
+        try:
+            self._chan.sendall(raw)
+        except (OSError, paramiko.SSHException) as exc:
+            raise ChannelError(f"writing to the guest terminal failed: {exc}") from exc
+
+    def close_input(self) -> None:
+        with suppress(OSError, paramiko.SSHException):
+            self._chan.shutdown_write()
+
+    def resize(self, cols: int, rows: int) -> None:
+        with suppress(OSError, paramiko.SSHException):
+            self._chan.resize_pty(width=cols, height=rows)
+
+    def exit_status(self, timeout: float | None = None) -> int | None:
+        """The remote program's exit status, waiting up to ``timeout``; None if not yet."""
+        if not self._chan.status_event.wait(timeout):
+            return None
+        return int(self._chan.exit_status)
+
+    def close(self) -> None:
+        with suppress(OSError, paramiko.SSHException, EOFError):
+            self._chan.close()
+
+    def interactive(self, stdin_fd: int, stdout_fd: int) -> int:
+        """Bridge a local terminal to this one until the program exits; its exit status.
+
+        A tty on ``stdin_fd`` is put in raw mode (restored on return) and window size changes
+        (SIGWINCH, main thread only) are passed on.
+        """
+        is_tty = os.isatty(stdin_fd)
+        saved = termios.tcgetattr(stdin_fd) if is_tty else None
+        old_handler: Any = None
+        watch_winch = is_tty and threading.current_thread() is threading.main_thread()
+
+        def on_winch(_sig: int, _frame: object) -> None:
+            with suppress(OSError):
+                size = os.get_terminal_size(stdout_fd)
+                self.resize(size.columns, size.lines)
+
+        try:
+            if is_tty:
+                tty.setraw(stdin_fd)
+            if watch_winch:
+                old_handler = signal.signal(signal.SIGWINCH, on_winch)
+                on_winch(signal.SIGWINCH, None)
+            inputs: list[Any] = [self._chan, stdin_fd]
+            while True:
+                ready, _, _ = select.select(inputs, [], [], 0.5)
+                if self._chan in ready:
+                    data = self._chan.recv(_CHUNK)
+                    if not data:
+                        break
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(stdout_fd, view) :]
+                if stdin_fd in ready:
+                    local = os.read(stdin_fd, 4096)
+                    if local:
+                        self._chan.sendall(local)
+                    else:
+                        self.close_input()
+                        inputs.remove(stdin_fd)
+                if self._chan.closed:
+                    break
+        except (OSError, paramiko.SSHException) as exc:
+            raise ChannelError(f"the guest terminal failed: {exc}") from exc
+        finally:
+            if saved is not None:
+                termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
+            if watch_winch:
+                signal.signal(signal.SIGWINCH, old_handler)
+        status = self.exit_status(timeout=5.0)
+        return -1 if status is None else status
+
+
+class Channel:
+    """One SSH transport to one guest. Use :meth:`connect`; close it (or use ``with``)."""
+
+    def __init__(
+        self,
+        transport: paramiko.Transport,
+        sock: socket.socket,
+        *,
+        runner: Sequence[str] = GUEST_RUNNER,
+        events: EventBus | None = None,
+        keepalive: float = 5.0,
+        workdir: str = WORKSPACE_MOUNT,
+    ) -> None:
+        self._transport = transport
+        self._workdir = workdir
+        self._sock = sock
+        self._runner = tuple(runner)
+        self._events = events
+        self._keepalive = keepalive
+        self._closed = threading.Event()
+        self._lost: str | None = None
+        # paramiko matches global-request replies to requests by order: one at a time.
+        self._global_lock = threading.Lock()
+        self._forwards: dict[int, tuple[str, int] | Callable[[SocketLike], None]] = {}
+        self._forwards_lock = threading.Lock()
+        self._watchdog = threading.Thread(
+            target=self._watch, name="cowork-channel-keepalive", daemon=True
+        )
+        self._watchdog.start()
+
+    # -- connecting ---------------------------------------------------------------------------
+
+    @classmethod
+    def connect(
+        cls,
+        socket_path: Path,
+        *,
+        host_key: str,
+        client_key: str | Path,
+        user: str = AGENT_USER,
+        timeout: float,
+        events: EventBus | None = None,
+        runner: Sequence[str] = GUEST_RUNNER,
+        keepalive: float = 5.0,
+        attempt_timeout: float = 3.0,
+        workdir: str = WORKSPACE_MOUNT,
+    ) -> Channel:
+        """Connect to the guest's relay at ``socket_path`` and authenticate.
+
+        ``host_key`` is the guest's pinned OpenSSH public key line; ``client_key`` the
+        client's private key (OpenSSH text, or a file path). Retries until ``timeout``.
+        ``runner`` is how the guest runner is invoked and ``workdir`` the default ``cwd``
+        (both differ from the guest's only when the "guest" is a local sshd in tests).
+        """
+        pinned = parse_public_key(host_key)
+        pkey = _load_private_key(client_key)
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        per_try = attempt_timeout
+        last = "nothing answered"
+        attempts = 0
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ChannelError(
+                    f"the guest did not answer on its private channel {socket_path} within "
+                    f"{timeout:.0f} s after {attempts} tries (last problem: {last}); "
+                    "check the guest console log"
+                )
+            attempts += 1
+            sock: socket.socket | None = None
+            transport: paramiko.Transport | None = None
+            try:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(min(remaining, per_try))
+                sock.connect(str(socket_path))
+                nonce = secrets.token_hex(16)
+                sock.sendall(SYNC_PREFIX + nonce.encode("ascii") + b"\n")
+                await_ack(sock, nonce, min(deadline, time.monotonic() + per_try))
+                budget = max(0.5, min(deadline - time.monotonic(), 4 * per_try))
+                transport = _start_ssh(sock, pinned, pkey, user, budget)
+                sock.settimeout(None)
+                channel = cls(
+                    transport,
+                    sock,
+                    runner=runner,
+                    events=events,
+                    keepalive=keepalive,
+                    workdir=workdir,
+                )
+                log.debug("channel to %s up after %d tries", socket_path, attempts)
+                return channel
+            except _Refused:
+                _abort_socket(sock)
+                if transport is not None:
+                    with suppress(Exception):
+                        transport.close()
+                raise
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                _abort_socket(sock)
+                if transport is not None:
+                    with suppress(Exception):
+                        transport.close()
+            time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
+            delay = min(delay * 2, 1.0)
+            per_try = min(per_try * 1.5, 10.0)
+
+    # -- state --------------------------------------------------------------------------------
+
+    def is_alive(self) -> bool:
+        return not self._closed.is_set() and self._lost is None and self._transport.is_active()
+
+    def close(self) -> None:
+        """End the transport (idempotent). Commands still running see ChannelError."""
+        self._closed.set()
+        _abort_socket(self._sock)
+        with suppress(Exception):
+            self._transport.close()
+
+    def __enter__(self) -> Channel:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _watch(self) -> None:
+        while not self._closed.wait(self._keepalive):
+            if not self._transport.is_active():
+                self._lost = "the SSH transport ended"
+                return
+            answered = threading.Event()
+
+            def probe(answered: threading.Event = answered) -> None:
+                try:
+                    with self._global_lock:
+                        self._transport.global_request("keepalive@openssh.com", wait=True)
+                except Exception:
+                    return
+                answered.set()
+
+            threading.Thread(target=probe, name="cowork-channel-probe", daemon=True).start()
+            if not answered.wait(self._keepalive * 3) and not self._closed.is_set():
+                self._lost = "the guest stopped answering keepalives"
+                log.warning("channel lost: %s", self._lost)
+                _abort_socket(self._sock)
+                return
+
+    def _why_down(self) -> str:
+        if self._closed.is_set():
+            return "the channel to the guest was closed"
+        return f"the channel to the guest was lost ({self._lost or 'the transport ended'})"
+
+    def _open_session(self) -> paramiko.Channel:
+        if not self.is_alive():
+            raise ChannelError(self._why_down())
+        try:
+            return self._transport.open_session(timeout=30.0)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise ChannelError(f"cannot open a session to the guest: {exc}") from exc
+
+    def _emit(self, kind: Kind, **fields: Any) -> None:
+        if self._events is not None:
+            self._events.emit(kind, **fields)
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def run(
+        self,
+        cmd: str | Sequence[str],
+        *,
+        timeout: float | None = None,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        input: bytes | str | None = None,
+        check: bool = False,
+        on_stdout: Callable[[bytes], None] | None = None,
+        on_stderr: Callable[[bytes], None] | None = None,
+    ) -> Result:
+        """Run ``cmd`` with ``bash -c`` in the guest (in ``cwd``, default ``/workspace``).
+
+        Output is collected and also passed to the callbacks as it arrives. After ``timeout``
+        seconds, or on KeyboardInterrupt, the command's whole process group is killed; a
+        timeout gives exit status 124 and ``timed_out=True``, an interrupt is re-raised.
+        """
+        command = command_line(cmd)
+        variables = check_env(env)
+        job = secrets.token_hex(8)
+        argv = [*self._runner, "run", "--id", job, "--cwd", cwd or self._workdir]
+        for key, value in variables.items():
+            argv += ["--env", f"{key}={value}"]
+        argv += ["--", command]
+        data = input.encode() if isinstance(input, str) else input
+        self._emit(Kind.COMMAND_STARTED, command=command, cwd=cwd or self._workdir, job=job)
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
+        chan = self._open_session()
+        try:
+            result = self._drive(
+                chan, shlex.join(argv), job, command, data, deadline, start, on_stdout, on_stderr
+            )
+        finally:
+            with suppress(Exception):
+                chan.close()
+        self._emit(
+            Kind.COMMAND_FINISHED,
+            command=command,
+            job=job,
+            exited=result.exited,
+            timed_out=result.timed_out,
+            duration=round(result.duration, 3),
+        )
+        if check and not result.ok:
+            raise failed(result)
+        return result
+
+    def _drive(
+        self,
+        chan: paramiko.Channel,
+        remote: str,
+        job: str,
+        command: str,
+        data: bytes | None,
+        deadline: float | None,
+        start: float,
+        on_stdout: Callable[[bytes], None] | None,
+        on_stderr: Callable[[bytes], None] | None,
+    ) -> Result:
+        out: list[bytes] = []
+        err: list[bytes] = []
+        problems: list[BaseException] = []
+        try:
+            chan.exec_command(remote)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise ChannelError(f"the guest refused to run a command: {exc}") from exc
+        chan.settimeout(0.2)
+
+        def feed_input() -> None:
+            with suppress(OSError, EOFError, paramiko.SSHException):
+                if data:
+                    chan.settimeout(None)
+                    view = memoryview(data)
+                    while view and not chan.closed:
+                        view = view[chan.send(bytes(view[:_CHUNK])) :]
+                chan.shutdown_write()
+
+        def read_stderr() -> None:
+            try:
+                while True:
+                    try:
+                        chunk = chan.recv_stderr(_CHUNK)
+                    except TimeoutError:
+                        if chan.closed:
+                            return
+                        continue
+                    except (OSError, EOFError, paramiko.SSHException) as exc:
+                        raise ChannelError(f"{self._why_down()}: {exc}") from exc
+                    if not chunk:
+                        return
+                    err.append(chunk)
+                    if on_stderr is not None:
+                        on_stderr(chunk)
+            except BaseException as exc:
+                problems.append(exc)
+
+        # recv with a timeout needs no lock with the writer: paramiko channels are thread-safe.
+        writer = threading.Thread(target=feed_input, name="cowork-run-stdin", daemon=True)
+        reader = threading.Thread(target=read_stderr, name="cowork-run-stderr", daemon=True)
+        if data:
+            writer.start()
+        else:
+            with suppress(OSError, EOFError, paramiko.SSHException):
+                chan.shutdown_write()
+        reader.start()
+        timed_out = False
+        try:
+            while True:
+                if problems:
+                    raise problems[0]
+                if deadline is not None and time.monotonic() >= deadline:
+                    timed_out = True
+                    break
+                try:
+                    chunk = chan.recv(_CHUNK)
+                except TimeoutError:
+                    if not self.is_alive():
+                        raise ChannelError(self._why_down()) from None
+                    continue
+                except (OSError, EOFError, paramiko.SSHException) as exc:
+                    raise ChannelError(f"{self._why_down()}: {exc}") from exc
+                if not chunk:
+                    break
+                out.append(chunk)
+                if on_stdout is not None:
+                    on_stdout(chunk)
+            if not timed_out:
+                while not chan.status_event.wait(0.2):
+                    if deadline is not None and time.monotonic() >= deadline:
+                        timed_out = True
+                        break
+                    if not self.is_alive():
+                        raise ChannelError(self._why_down())
+                reader.join(timeout=None if timed_out else 5.0)
+                if problems:
+                    raise problems[0]
+                if not self.is_alive():
+                    # The session ended because the transport did, not because the command did.
+                    raise ChannelError(self._why_down())
+        except BaseException:
+            self._kill(job)
+            raise
+        if timed_out:
+            self._kill(job)
+            chan.close()
+            reader.join(timeout=5.0)
+            exited = TIMEOUT_STATUS
+        else:
+            exited = int(chan.exit_status)
+        return Result(
+            command=command,
+            exited=exited,
+            stdout=b"".join(out).decode("utf-8", "replace"),
+            stderr=b"".join(err).decode("utf-8", "replace"),
+            duration=time.monotonic() - start,
+            timed_out=timed_out,
+        )
+
+    def _kill(self, job: str) -> None:
+        """Kill a job's process group through a second session; best effort."""
+        if not self.is_alive():
+            return
+        try:
+            chan = self._transport.open_session(timeout=10.0)
+            try:
+                chan.exec_command(shlex.join([*self._runner, "kill", job]))
+                if not chan.status_event.wait(10.0):
+                    log.warning("killing guest job %s did not finish", job)
+            finally:
+                chan.close()
+        except Exception as exc:
+            log.warning("could not kill guest job %s: %s", job, exc)
+
+    # -- terminals ----------------------------------------------------------------------------
+
+    def open_pty(
+        self,
+        cmd: str | None = None,
+        *,
+        term: str,
+        cols: int,
+        rows: int,
+        cwd: str | None = None,
+    ) -> Pty:
+        """Start ``cmd`` (default: a login shell) on a remote pseudo-terminal."""
+        remote = f"cd -- {shlex.quote(cwd or self._workdir)} && {cmd or 'exec bash -l'}"
+        chan = self._open_session()
+        try:
+            chan.get_pty(term=term, width=cols, height=rows)
+            chan.exec_command(remote)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            chan.close()
+            raise ChannelError(f"cannot start a terminal in the guest: {exc}") from exc
+        return Pty(chan)
+
+    # -- forwards -----------------------------------------------------------------------------
+
+    def reverse_forward(
+        self,
+        remote_port: int,
+        target: tuple[str, int] | Callable[[SocketLike], None],
+    ) -> Callable[[], None]:
+        """Have the guest listen on 127.0.0.1:``remote_port``; each connection is bridged to
+        the host TCP ``target`` (or handed to ``target`` if it is a callable) in a thread.
+
+        Returns a function that cancels the forward.
+        """
+        if not self.is_alive():
+            raise ChannelError(self._why_down())
+        with self._forwards_lock:
+            self._forwards[remote_port] = target
+        try:
+            with self._global_lock:
+                self._transport.request_port_forward(
+                    "127.0.0.1", remote_port, handler=self._on_forwarded
+                )
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            with self._forwards_lock:
+                self._forwards.pop(remote_port, None)
+            raise ChannelError(
+                f"the guest refused to listen on 127.0.0.1:{remote_port} for the host: {exc}"
+            ) from exc
+
+        def cancel() -> None:
+            with self._forwards_lock:
+                if self._forwards.pop(remote_port, None) is None:
+                    return
+            if self.is_alive():
+                with self._global_lock, suppress(Exception):
+                    # Not cancel_port_forward(): it drops the handler of every other forward.
+                    self._transport.global_request(
+                        "cancel-tcpip-forward", ("127.0.0.1", remote_port), wait=True
+                    )
+
+        return cancel
+
+    def _on_forwarded(
+        self, chan: paramiko.Channel, origin: tuple[str, int], server: tuple[str, int]
+    ) -> None:
+        with self._forwards_lock:
+            target = self._forwards.get(server[1])
+        if target is None:
+            chan.close()
+            return
+        threading.Thread(
+            target=_serve_forwarded, args=(chan, target), name="cowork-forward", daemon=True
+        ).start()
+
+
+def _serve_forwarded(
+    chan: paramiko.Channel, target: tuple[str, int] | Callable[[SocketLike], None]
+) -> None:
+    try:
+        if callable(target):
+            target(chan)
+            return
+        with socket.create_connection(target, timeout=10.0) as upstream:
+            upstream.settimeout(None)
+            _pump(chan, upstream)
+    except Exception as exc:
+        log.info("forwarded connection failed: %s", exc)
+    finally:
+        with suppress(Exception):
+            chan.close()
+
+
+def _pump(chan: paramiko.Channel, upstream: socket.socket) -> None:
+    """Copy both ways until both directions have ended."""
+    open_ends: list[Any] = [chan, upstream]
+    while open_ends:
+        ready, _, _ = select.select(open_ends, [], [], 30.0)
+        if not ready and chan.closed:
+            return
+        for end in ready:
+            if end is chan:
+                data = chan.recv(_CHUNK)
+                if data:
+                    upstream.sendall(data)
+                else:
+                    with suppress(OSError):
+                        upstream.shutdown(socket.SHUT_WR)
+                    open_ends.remove(chan)
+            else:
+                data = upstream.recv(_CHUNK)
+                if data:
+                    chan.sendall(data)
+                else:
+                    chan.shutdown_write()
+                    open_ends.remove(upstream)
+
+
+def _start_ssh(
+    sock: socket.socket,
+    pinned: tuple[str, bytes],
+    pkey: paramiko.PKey,
+    user: str,
+    budget: float,
+) -> paramiko.Transport:
+    transport = paramiko.Transport(sock)
+    transport.banner_timeout = budget
+    transport.handshake_timeout = budget
+    transport.auth_timeout = budget
+    transport.start_client(timeout=budget)
+    offered = transport.get_remote_server_key()
+    if (offered.get_name(), offered.asbytes()) != pinned:
+        raise _Refused(
+            "host key mismatch: the guest presented a different SSH host key than the one "
+            "this session created; refusing to connect (the VM may not be the one started)"
+        )
+    try:
+        transport.auth_publickey(user, pkey)
+    except paramiko.AuthenticationException as exc:
+        raise _Refused(
+            f"the guest refused the session's client key for user {user!r}: {exc}"
+        ) from exc
+    if not transport.is_authenticated():
+        raise _Refused(f"the guest did not authenticate user {user!r}")
+    return transport
