@@ -55,7 +55,9 @@ from cowork.host.events import EventBus, Kind
 log = logging.getLogger(__name__)
 
 #: How a command reaches the guest runner (the guest init unpacks guest code there).
-GUEST_RUNNER: tuple[str, ...] = ("python3", f"{GUEST_LIB_DIR}/cowork/guest/runner.py")
+#: -I: ignore PYTHON* variables and the user's site directory (the agent controls both);
+#: -S: no site import (faster start).
+GUEST_RUNNER: tuple[str, ...] = ("python3", "-I", "-S", f"{GUEST_LIB_DIR}/cowork/guest/runner.py")
 #: Exit status of a command that ran out of time (as coreutils ``timeout``).
 TIMEOUT_STATUS = 124
 #: Bytes kept from the end of stderr in a CommandFailed message.

@@ -338,6 +338,8 @@ class LocalGuest:
         self.config_path.write_text(config)
         self.runner: tuple[str, ...] = (
             sys.executable,
+            "-I",
+            "-S",
             str(_REPO_ROOT / "cowork" / "guest" / "runner.py"),
         )
         self.shim = SerialShim(self.directory, hangup=hangup)
