@@ -1,8 +1,9 @@
 """Stand-ins for the private channel, for tests that do not boot a VM.
 
-- :class:`FakeChannel` runs commands locally with ``bash -c`` in a directory: the same
-  ``run()`` contract as :class:`cowork.host.channel.Channel` (Result, timeout kills the process
-  group, callbacks, ``check``), for fast unit tests of the parts that call ``run()``.
+- :class:`FakeChannel` runs commands locally with ``bash -c`` in a directory standing in for
+  ``/workspace`` (``/workspace/x`` maps to ``root/x``): the same ``run()`` contract as
+  :class:`cowork.host.channel.Channel` (Result, timeout kills the process group, callbacks,
+  ``check``), for fast unit tests of the parts that call ``run()``.
 - :class:`SerialShim` behaves like QEMU's end of a virtio-serial port: a unix socket the host
   connects to (one client at a time) joined to a "port" the guest opens by path (a pty in raw
   mode). Like QEMU it keeps the port's stream across host connections, so stale bytes from an
@@ -35,6 +36,7 @@ from pathlib import Path
 from types import TracebackType
 
 from cowork.errors import ChannelError
+from cowork.guest.contract import WORKSPACE_MOUNT
 from cowork.host.channel import (
     TIMEOUT_STATUS,
     Result,
@@ -78,7 +80,7 @@ class FakeChannel:
         start = time.monotonic()
         proc = subprocess.Popen(
             ["bash", "-c", command],
-            cwd=cwd or self.root,
+            cwd=self.local_dir(cwd),
             env=full_env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -139,6 +141,14 @@ class FakeChannel:
         if check and not result.ok:
             raise failed(result)
         return result
+
+    def local_dir(self, cwd: str | None) -> Path:
+        """Where a guest directory is here: ``/workspace[/x]`` maps to ``root[/x]``."""
+        if cwd is None or cwd == WORKSPACE_MOUNT:
+            return self.root
+        if cwd.startswith(WORKSPACE_MOUNT + "/"):
+            return self.root / cwd[len(WORKSPACE_MOUNT) + 1 :]
+        return Path(cwd)
 
     def is_alive(self) -> bool:
         return not self._closed

@@ -454,6 +454,8 @@ def test_fake_channel_keeps_the_same_contract(tmp_path: Path) -> None:
     assert _wait_gone(int(pids.read_text()))
     with pytest.raises(CommandFailed):
         fake.run("exit 1", check=True)
+    (tmp_path / "sub").mkdir()
+    assert fake.run("pwd", cwd="/workspace/sub").stdout == f"{tmp_path}/sub\n"
     assert fake.commands[0] == "sh -c 'echo \"$BASE$X\"; echo e >&2; pwd; exit 7'"
     fake.close()
     with pytest.raises(ChannelError):
