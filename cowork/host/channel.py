@@ -401,7 +401,6 @@ class Channel:
                 await_ack(sock, nonce, min(deadline, time.monotonic() + per_try))
                 budget = max(0.5, min(deadline - time.monotonic(), 4 * per_try))
                 transport = _start_ssh(sock, pinned, pkey, user, budget)
-                sock.settimeout(None)
                 channel = cls(
                     transport,
                     sock,
@@ -424,9 +423,16 @@ class Channel:
                 if transport is not None:
                     with suppress(Exception):
                         transport.close()
+            except Exception as exc:
+                # Fail closed: anything unforeseen during verification refuses the channel.
+                _abort_socket(sock)
+                raise ChannelError(
+                    f"connecting to the guest failed unexpectedly ({exc!r}); refusing to use "
+                    "the channel"
+                ) from exc
             time.sleep(max(0.0, min(delay, deadline - time.monotonic())))
             delay = min(delay * 2, 1.0)
-            per_try = min(per_try * 1.5, 10.0)
+            per_try = min(per_try * 1.5, max(attempt_timeout, 5.0))
 
     # -- state --------------------------------------------------------------------------------
 
@@ -793,6 +799,22 @@ def _start_ssh(
     budget: float,
 ) -> paramiko.Transport:
     transport = paramiko.Transport(sock)
+    try:
+        return _handshake(transport, pinned, pkey, user, budget)
+    except BaseException:
+        _abort_socket(sock)
+        with suppress(Exception):
+            transport.close()
+        raise
+
+
+def _handshake(
+    transport: paramiko.Transport,
+    pinned: tuple[str, bytes],
+    pkey: paramiko.PKey,
+    user: str,
+    budget: float,
+) -> paramiko.Transport:
     transport.banner_timeout = budget
     transport.handshake_timeout = budget
     transport.auth_timeout = budget

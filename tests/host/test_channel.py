@@ -226,6 +226,19 @@ def test_host_key_mismatch_is_refused_without_retrying(guest: LocalGuest, tmp_pa
         connect(guest, host_key=f"{kind} {base64.b64encode(flipped).decode()}")
 
 
+def test_any_failure_while_checking_the_host_key_refuses(
+    guest: LocalGuest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import paramiko
+
+    def broken(self: object) -> object:
+        raise RuntimeError("key parsing blew up")
+
+    monkeypatch.setattr(paramiko.Transport, "get_remote_server_key", broken)
+    with pytest.raises(ChannelError, match="refusing"):
+        connect(guest)
+
+
 def test_unknown_client_key_is_refused(guest: LocalGuest, tmp_path: Path) -> None:
     import subprocess
 
