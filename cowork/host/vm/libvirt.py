@@ -13,7 +13,10 @@ Contract:
 from __future__ import annotations
 
 import contextlib
+import grp
+import logging
 import os
+import shutil
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -25,7 +28,7 @@ import libvirt
 
 from cowork.errors import BackendError, UsageError
 from cowork.host.events import EventBus, Kind
-from cowork.host.vm.accel import detect_accel
+from cowork.host.vm.accel import DEV_KVM, detect_accel
 from cowork.host.vm.backend import (
     NAME_PREFIX,
     BackendCapabilities,
@@ -36,7 +39,6 @@ from cowork.host.vm.backend import (
 from cowork.host.vm.domainxml import (
     ACCEL_FOR_DOMAIN_TYPE,
     ARCH,
-    DOMAIN_TYPE,
     HostContext,
     domain_xml,
 )
@@ -44,10 +46,12 @@ from cowork.host.vm.spec import Accel, VMSpec
 
 SYSTEM_URI = "qemu:///system"
 SESSION_URI = "qemu:///session"
+EMULATOR = "qemu-system-x86_64"
 #: How often ``stop`` looks whether the guest has powered off.
 STOP_POLL_SECONDS = 0.2
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def _silence(_ctx: object, _err: object) -> None:
@@ -66,6 +70,34 @@ _STATES: dict[int, VMState] = {
     libvirt.VIR_DOMAIN_SHUTOFF: VMState.SHUTOFF,
     libvirt.VIR_DOMAIN_CRASHED: VMState.CRASHED,
 }
+
+
+def find_emulator() -> Path | None:
+    """The QEMU binary libvirt would pick for x86_64 guests on this host, if installed."""
+    search = os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/bin", "/usr/libexec"])
+    found = shutil.which(EMULATOR, path=search)
+    return Path(found) if found else None
+
+
+def kvm_device_problem(dev_kvm: Path = DEV_KVM, kvm_group: str = "kvm") -> str | None:
+    """Why libvirt's system daemon will re-probe QEMU on every call, or None.
+
+    The system daemon checks ``/dev/kvm`` as its QEMU user (in group ``kvm``). Without udev
+    the device stays ``root:root 0600``; libvirt then finds its cached QEMU capabilities
+    outdated on every lookup and re-probes QEMU (seconds each; defining a domain took ~50 s).
+    """
+    try:
+        st = dev_kvm.stat()
+        group = grp.getgrgid(st.st_gid).gr_name
+    except (OSError, KeyError):
+        return None
+    if st.st_mode & 0o006 == 0o006 or (st.st_mode & 0o060 == 0o060 and group == kvm_group):
+        return None
+    return (
+        f"{dev_kvm} is not usable by libvirt's QEMU user, so libvirt re-probes QEMU on every "
+        f"call (slow): run `sudo chgrp {kvm_group} {dev_kvm} && sudo chmod 0660 {dev_kvm}` "
+        "(udev does this on a normal system)"
+    )
 
 
 def default_uri() -> str:
@@ -191,29 +223,19 @@ class LibvirtBackend:
             self._events.emit(kind, **fields)
 
     # --- host facts -----------------------------------------------------------------
-    def _guest_domain_types(self) -> tuple[Path | None, set[str]]:
-        """The x86_64 emulator libvirt knows and the domain types it offers for it."""
-        conn = self._connect()
-        text = self._call("read libvirt's capabilities", conn.getCapabilities)
-        caps = ET.fromstring(text)  # noqa: S314 (written by the local libvirt daemon)
-        for guest in caps.findall("guest"):
-            arch = guest.find(f"arch[@name='{ARCH}']")
-            if guest.findtext("os_type") != "hvm" or arch is None:
-                continue
-            emulator = arch.findtext("emulator")
-            types = {str(d.get("type")) for d in arch.findall("domain")}
-            return (Path(emulator) if emulator else None), types
-        return None, set()
-
     def host_context(self) -> HostContext:
-        """Who QEMU runs as, which emulator, and whether this is the system daemon."""
+        """Who QEMU runs as, which emulator, and whether this is the system daemon.
+
+        Learnt from the local host, not from libvirt's capabilities: those are rebuilt on
+        every call in libvirt 9 (seconds each under TCG load). Only local URIs are used.
+        """
         if self._host is not None:
             return self._host
-        emulator, _types = self._guest_domain_types()
+        emulator = find_emulator()
         if emulator is None:
             raise BackendError(
-                f"libvirt at {self.uri} offers no {ARCH} QEMU: install it with "
-                "`sudo apt-get install qemu-system-x86`, then restart libvirtd"
+                f"QEMU for {ARCH} ({EMULATOR}) is not installed: install it with "
+                "`sudo apt-get install qemu-system-x86`"
             )
         return HostContext(
             uid=os.getuid(), gid=os.getgid(), emulator=emulator, system_mode=_is_system(self.uri)
@@ -256,17 +278,14 @@ class LibvirtBackend:
         for share in spec.shares:
             if share.source.is_absolute() and not share.source.is_dir():
                 problems.append(f"share {share.tag} source {str(share.source)!r}: not a folder")
-        if self._driver() == "QEMU":
-            emulator, types = self._guest_domain_types()
-            if emulator is None:
+        if self._host is None and self._driver() == "QEMU":
+            if find_emulator() is None:
                 problems.append(
-                    f"no {ARCH} QEMU is installed: `sudo apt-get install qemu-system-x86`"
+                    f"QEMU for {ARCH} ({EMULATOR}) is not installed: "
+                    "`sudo apt-get install qemu-system-x86`"
                 )
-            elif DOMAIN_TYPE[spec.accel] not in types:
-                problems.append(
-                    f"accel {str(spec.accel)!r}: libvirt at {self.uri} cannot run it here; "
-                    'set vm.accel = "tcg"'
-                )
+            if spec.accel is Accel.KVM and not DEV_KVM.exists():
+                problems.append(f'accel "kvm": {DEV_KVM} does not exist; set vm.accel = "tcg"')
         if problems:
             raise UsageError(
                 f"VM {spec.name!r} cannot run:\n" + "\n".join(f"  - {p}" for p in problems)
@@ -278,7 +297,11 @@ class LibvirtBackend:
             raise BackendError(
                 f"a stale VM named {spec.name} exists: remove it with `cowork vm down {spec.name}`"
             )
-        xml = domain_xml(spec, host=self.host_context())
+        host = self.host_context()
+        if host.system_mode and (problem := kvm_device_problem()) is not None:
+            log.warning("%s", problem)
+            self._emit(Kind.VM_WARNING, name=spec.name, warning=problem)
+        xml = domain_xml(spec, host=host)
         conn = self._connect()
         self._emit(Kind.VM_CREATING, name=spec.name, accel=str(spec.accel))
         try:

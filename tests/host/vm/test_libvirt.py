@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import itertools
 import os
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from cowork.host.vm.libvirt import (
     LibvirtBackend,
     default_uri,
     describe,
+    kvm_device_problem,
 )
 from cowork.host.vm.spec import Accel, Share, VMSpec
 
@@ -247,3 +249,18 @@ def test_errors_are_described_for_people(message: str, expected: str) -> None:
 
 def test_default_uri_follows_the_user() -> None:
     assert default_uri() == (SYSTEM_URI if os.geteuid() == 0 else SESSION_URI)
+
+
+def test_kvm_device_that_libvirt_cannot_use_is_reported(tmp_path: Path) -> None:
+    dev = tmp_path / "kvm"
+    dev.write_bytes(b"")
+    group = grp.getgrgid(dev.stat().st_gid).gr_name
+    dev.chmod(0o600)
+    problem = kvm_device_problem(dev, kvm_group=group)
+    assert problem is not None and f"chmod 0660 {dev}" in problem
+    dev.chmod(0o660)
+    assert kvm_device_problem(dev, kvm_group=group) is None
+    assert kvm_device_problem(dev, kvm_group=group + "-other") is not None
+    dev.chmod(0o666)
+    assert kvm_device_problem(dev, kvm_group=group + "-other") is None
+    assert kvm_device_problem(tmp_path / "absent") is None
