@@ -21,7 +21,9 @@ Contract:
 - Everything under ``/run/cowork`` except ``lib`` (and the public authorized_keys that sshd
   reads as the agent) is root-only; so is the seed device.
 - As PID 1 it reaps every orphan, restarts the relay if it dies, and on SIGTERM/SIGINT syncs
-  and powers off.
+  and powers off. An ACPI power button press (libvirt's graceful shutdown, QEMU's
+  ``system_powerdown``) becomes SIGTERM; Ctrl-Alt-Del becomes SIGINT (the kernel's
+  immediate reboot on Ctrl-Alt-Del is switched off).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -57,12 +60,20 @@ LOCAL_CA_DIR = "/usr/local/share/ca-certificates"
 VIRTIO_PORTS_DIR = "/dev/virtio-ports"
 READY_MARKER = "COWORK-READY"
 FAILED_MARKER = "COWORK-FAILED"
-MODULES = ("9p", "9pnet_virtio", "virtio_console", "virtio_rng")
+MODULES = ("9p", "9pnet_virtio", "virtio_console", "virtio_rng", "button", "evdev")
 NINEP_MSIZE = 512000
 AGENT_SHELL = "/bin/bash"
 AGENT_GECOS = "cowork agent"
 RELAY_RESTART_DELAY = 1.0
 LINUX_REBOOT_CMD_POWER_OFF = 0x4321FEDC
+#: With Ctrl-Alt-Del "off", the kernel sends SIGINT to PID 1 instead of rebooting at once.
+LINUX_REBOOT_CMD_CAD_OFF = 0
+#: The ACPI power button (what libvirt's graceful shutdown presses) as an input device.
+POWER_BUTTON_NAME = "Power Button"
+EV_KEY = 1
+KEY_POWER = 116
+#: struct input_event on 64-bit Linux: struct timeval, __u16 type, __u16 code, __s32 value.
+INPUT_EVENT = struct.Struct("@qqHHi")
 SEED_DEVICE_ENV = "COWORK_SEED_DEVICE"
 
 _NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}\Z")
@@ -108,6 +119,36 @@ def virtio_port_links(sys_root: str = "/sys") -> dict[str, str]:
         if name and "/" not in name and name not in (".", ".."):
             out[name] = dev
     return out
+
+
+def power_button_devices(sys_root: str = "/sys") -> list[str]:
+    """``/dev/input/eventN`` of every input device named "Power Button"."""
+    base = Path(sys_root) / "class" / "input"
+    out: list[str] = []
+    try:
+        entries = sorted(os.listdir(base))
+    except OSError:
+        return out
+    for entry in entries:
+        if not entry.startswith("event"):
+            continue
+        try:
+            name = (base / entry / "device" / "name").read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+        if name == POWER_BUTTON_NAME:
+            out.append(f"/dev/input/{entry}")
+    return out
+
+
+def power_pressed(data: bytes) -> bool:
+    """Whether a read from an event device holds a press of the power key."""
+    size = INPUT_EVENT.size
+    for offset in range(0, len(data) - size + 1, size):
+        _, _, etype, code, value = INPUT_EVENT.unpack_from(data, offset)
+        if etype == EV_KEY and code == KEY_POWER and value == 1:
+            return True
+    return False
 
 
 def mount_options(mount: Mount, msize: int = NINEP_MSIZE) -> str:
@@ -314,10 +355,12 @@ def _write(path: str, text: str, mode: int, uid: int = 0, gid: int = 0) -> None:
 
 
 def load_modules(log: Log) -> None:
-    for module in MODULES:
-        done = subprocess.run(["/sbin/modprobe", "-q", module], capture_output=True, check=False)
-        if done.returncode != 0:
-            log(f"module {module} did not load (built in or missing); carrying on")
+    """Load what the image's initrd has not loaded already (one modprobe for all)."""
+    done = subprocess.run(
+        ["/sbin/modprobe", "-a", "-q", *MODULES], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        log(f"modprobe {' '.join(MODULES)} failed ({done.stderr.strip()}); carrying on")
 
 
 def loopback_up() -> None:
@@ -516,12 +559,39 @@ def start_relay(port_path: str, log: Log) -> int:
     return pid
 
 
+def watch_power_button(log: Log) -> None:
+    """Turn an ACPI power button press (libvirt's graceful shutdown) into SIGTERM to PID 1."""
+    devices = power_button_devices()
+    if not devices:
+        log("no ACPI power button: graceful shutdown needs SIGTERM or Ctrl-Alt-Del")
+        return
+    fds = []
+    for dev in devices:
+        try:
+            fds.append(os.open(dev, os.O_RDONLY | os.O_CLOEXEC))
+        except OSError as exc:
+            log(f"cannot watch {dev}: {exc.strerror}")
+
+    def loop() -> None:
+        import select
+
+        while fds:
+            ready, _, _ = select.select(fds, [], [])
+            for fd in ready:
+                if power_pressed(os.read(fd, INPUT_EVENT.size * 64)):
+                    log("power button pressed")
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=loop, name="power-button", daemon=True).start()
+
+
 def supervise(port_path: str, log: Log) -> NoReturn:
     """Reap every child forever; restart the relay when it exits; power off on TERM/INT."""
     watched = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
     signal.signal(signal.SIGCHLD, lambda *_: None)  # SIG_DFL would discard it
     signal.pthread_sigmask(signal.SIG_BLOCK, watched)
     relay_pid = start_relay(port_path, log)
+    watch_power_button(log)  # after blocking: its thread must not take the signals itself
     relay_died_at: float | None = None
     while True:
         info = signal.sigtimedwait(watched, RELAY_RESTART_DELAY)
@@ -567,6 +637,8 @@ def main() -> NoReturn:
         raise SystemExit(2)
     log = Log()
     started = time.monotonic()
+    with contextlib.suppress(OSError):
+        ctypes.CDLL(None, use_errno=True).reboot(LINUX_REBOOT_CMD_CAD_OFF)
     try:
         seed, port_path = setup(log)
     except Exception as exc:

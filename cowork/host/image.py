@@ -16,9 +16,13 @@ read-only export, so a read-only virtiofs mount would not be a boundary. The clo
 (``linux-image-cloud-amd64``) is smaller and boots faster but is built without 9p
 (``CONFIG_NET_9P`` unset), so it cannot mount these shares.
 
-Why a small initrd: minbase has no udev, and the stock ``MODULES=most`` initrd is ~35 MB and
-boots seconds slower under software emulation; ``MODULES=list`` with just virtio + ext4
-(``images/initramfs/``) is a few MB.
+Why our own initrd: minbase has no udev, and initramfs-tools's initrd (udev, scripts, ~35 MB
+with ``MODULES=most``) spends seconds under software emulation before the real init runs.
+``images/prepare.py`` instead builds a ~3 MB initrd from the image's own busybox-static and
+kernel modules (virtio, ext4, 9p, virtio_console, virtio-rng, with their dependencies from
+``modules.dep``) whose ``/init`` (``images/initrd-init``) loads them, mounts ``root=`` and
+switches to ``init=``. initramfs-tools stays installed only because the kernel package
+depends on it.
 
 Contract:
 
@@ -466,7 +470,6 @@ def build(
     mode = build_mode()
     recipe = recipe_dir()
     rhash = recipe_hash(recipe)
-    packages = read_packages((recipe / "packages.txt").read_text(encoding="utf-8"))
     final = paths.image_dir(rhash)
     with _build_lock(paths.images):
         if final.exists() and not force:
@@ -479,7 +482,14 @@ def build(
             bus.emit(Kind.IMAGE_BUILD, phase="started", recipe_hash=rhash, mode=mode)
         work = Path(tempfile.mkdtemp(prefix=f".build-{rhash[:12]}-", dir=paths.images))
         try:
-            info = _build_into(work, rhash, mode, packages, recipe, progress)
+            # The build reads its own copy of the recipe, so an edit made while it runs
+            # cannot end up in an image labelled with the old recipe's hash.
+            snapshot = work / "recipe"
+            shutil.copytree(recipe, snapshot, ignore=shutil.ignore_patterns("__pycache__"))
+            if recipe_hash(snapshot) != rhash:
+                raise ImageError(f"the recipe in {recipe} changed as the build started; retry")
+            packages = read_packages((snapshot / "packages.txt").read_text(encoding="utf-8"))
+            info = _build_into(work, rhash, mode, packages, snapshot, progress)
             _install(work, final)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
@@ -517,7 +527,12 @@ def _build_into(
     )
     _say(progress, 2, f"installing packages from {mirror} (about 1-2 minutes)…")
     kernel_version = ""
-    steps = {"sealing the root file system": 3, "writing the disk": 4}
+    steps = {
+        "sealing the root file system": 3,
+        "pruning kernel modules": 3,
+        "building the initrd": 3,
+        "writing the disk": 4,
+    }
 
     def on_line(line: str) -> None:
         nonlocal kernel_version

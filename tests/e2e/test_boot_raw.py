@@ -11,10 +11,12 @@ Skipped with a reason when the image is not built (``cowork image build``).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -79,6 +81,7 @@ def qemu_argv(info: image.ImageInfo, d: Path, shares: list[tuple[str, Path, bool
         "-device", "virtio-rng-pci",
         "-serial", f"file:{d / 'console.log'}",
         "-pidfile", str(d / "qemu.pid"),
+        "-qmp", f"unix:{d / 'qmp.sock'},server=on,wait=off",
     ]  # fmt: skip
     return argv
 
@@ -236,3 +239,30 @@ def test_the_guest_view_through_the_channel(guest):
         links = ch.run("ls /sys/class/net", check=True).stdout.split()
         assert links == ["lo"]
         assert "UP" in ch.run("cat /sys/class/net/lo/operstate; ip -o link show lo").stdout
+
+
+def _qmp(path: Path, command: str) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        f = s.makefile("rwb")
+        f.readline()  # greeting
+        for cmd in ("qmp_capabilities", command):
+            f.write(json.dumps({"execute": cmd}).encode() + b"\n")
+            f.flush()
+            while b'"return"' not in (line := f.readline()):
+                assert line, "QMP closed"
+
+
+def test_acpi_power_button_syncs_and_powers_off(guest):
+    # Runs last: libvirt's graceful shutdown presses the ACPI power button; the guest's init
+    # must turn that into a clean power-off (QEMU then exits on its own with status 0).
+    _qmp(guest.dir / "qmp.sock", "system_powerdown")
+    try:
+        code = guest.proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the guest ignored the power button:\n{guest.console_text()[-2000:]}")
+    assert code == 0
+    text = guest.console_text()
+    assert "power button pressed" in text
+    assert "powering off" in text

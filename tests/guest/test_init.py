@@ -208,3 +208,28 @@ def test_main_refuses_to_run_when_not_pid_1(tmp_path):
     )
     assert done.returncode == 2
     assert "not PID 1" in done.stderr
+
+
+def test_power_button_devices(tmp_path):
+    for entry, name in (
+        ("event0", "AT Translated Set 2 keyboard"),
+        ("event1", "Power Button"),
+        ("mouse0", "Power Button"),
+    ):
+        d = tmp_path / "class" / "input" / entry / "device"
+        d.mkdir(parents=True)
+        (d / "name").write_text(name + "\n")
+    assert init.power_button_devices(str(tmp_path)) == ["/dev/input/event1"]
+    assert init.power_button_devices(str(tmp_path / "none")) == []
+
+
+def test_power_pressed_only_on_a_power_key_press():
+    def event(etype, code, value):
+        return init.INPUT_EVENT.pack(1, 2, etype, code, value)
+
+    syn = event(0, 0, 0)
+    assert init.INPUT_EVENT.size == 24
+    assert init.power_pressed(syn + event(init.EV_KEY, init.KEY_POWER, 1) + syn)
+    assert not init.power_pressed(event(init.EV_KEY, init.KEY_POWER, 0) + syn)  # release
+    assert not init.power_pressed(event(init.EV_KEY, 30, 1))  # another key
+    assert not init.power_pressed(event(init.EV_KEY, init.KEY_POWER, 1)[:20])  # torn read

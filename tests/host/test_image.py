@@ -56,7 +56,7 @@ def test_recipe_hash_ignores_guest_code():
         if p.is_file()
     }
     assert not any("cowork/guest" in f for f in files)
-    assert {"packages.txt", "prepare.py", "cowork-boot"} <= files
+    assert {"packages.txt", "prepare.py", "cowork-boot", "initrd-init"} <= files
 
 
 def test_recipe_hash_missing_folder_is_an_image_error(tmp_path):
@@ -265,3 +265,79 @@ def test_bootstrap_is_a_python_script_for_the_kernel():
     assert os.access(image.recipe_dir() / "cowork-boot", os.X_OK)
     compile(text, "cowork-boot", "exec")
     assert image.BOOTSTRAP_PATH in image.KERNEL_CMDLINE
+
+
+MODULES_DEP = """kernel/fs/mbcache.ko:
+kernel/fs/ext4/ext4.ko: kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko
+kernel/fs/jbd2/jbd2.ko:
+kernel/lib/crc16.ko:
+kernel/drivers/virtio/virtio.ko: kernel/drivers/virtio/virtio_ring.ko
+kernel/drivers/virtio/virtio_ring.ko:
+kernel/drivers/block/virtio_blk.ko: kernel/drivers/virtio/virtio.ko
+kernel/drivers/char/hw_random/virtio-rng.ko: kernel/drivers/virtio/virtio.ko
+"""
+
+
+def test_module_closure_orders_dependencies_first_and_dedupes():
+    order = _prepare().module_closure(
+        ["virtio_blk", "ext4", "virtio_rng", "virtio"], MODULES_DEP, "kernel/fs/9p/9p.ko\n"
+    )
+    assert order.index("kernel/drivers/virtio/virtio_ring.ko") < order.index(
+        "kernel/drivers/virtio/virtio.ko"
+    )
+    assert order.index("kernel/drivers/virtio/virtio.ko") < order.index(
+        "kernel/drivers/block/virtio_blk.ko"
+    )
+    assert order.index("kernel/fs/jbd2/jbd2.ko") < order.index("kernel/fs/ext4/ext4.ko")
+    assert "kernel/drivers/char/hw_random/virtio-rng.ko" in order  # '_' and '-' are one
+    assert len(order) == len(set(order)) == 8
+
+
+def test_module_closure_skips_builtins_and_refuses_unknown_or_compressed():
+    prepare = _prepare()
+    assert prepare.module_closure(["9p"], MODULES_DEP, "kernel/fs/9p/9p.ko\n") == []
+    with pytest.raises(ValueError, match="neither built in nor"):
+        prepare.module_closure(["nope"], MODULES_DEP, "")
+    with pytest.raises(ValueError, match="compressed"):
+        prepare.module_closure(["x"], "kernel/x.ko.xz:\n", "")
+
+
+@pytest.mark.skipif(shutil.which("cpio") is None, reason="cpio is not installed")
+def test_cpio_newc_is_read_by_cpio(tmp_path):
+    import stat
+    import subprocess
+
+    archive = _prepare().cpio_newc(
+        [
+            ("bin", stat.S_IFDIR | 0o755, b"", (0, 0)),
+            ("bin/hello", stat.S_IFREG | 0o755, b"#!/bin/sh\necho hi\n", (0, 0)),
+            ("dev", stat.S_IFDIR | 0o755, b"", (0, 0)),
+            ("dev/console", stat.S_IFCHR | 0o600, b"", (5, 1)),
+            ("odd", stat.S_IFREG | 0o644, b"x", (0, 0)),
+        ]
+    )
+    assert len(archive) % 4 == 0
+    listing = subprocess.run(
+        ["cpio", "-itv", "--quiet"], input=archive, capture_output=True, check=True
+    ).stdout.decode()
+    lines = listing.splitlines()
+    assert [line.split()[-1] for line in lines] == ["bin", "bin/hello", "dev", "dev/console", "odd"]
+    assert lines[3].startswith("crw-------") and "5,   1" in lines[3]
+    assert lines[1].startswith("-rwxr-xr-x")
+    out = tmp_path / "x"
+    out.mkdir()
+    subprocess.run(
+        ["cpio", "-id", "--quiet", "--no-absolute-filenames", "bin/hello", "odd"],
+        input=archive,
+        cwd=out,
+        check=True,
+    )
+    assert (out / "bin" / "hello").read_bytes() == b"#!/bin/sh\necho hi\n"
+    assert (out / "odd").read_bytes() == b"x"
+
+
+def test_initrd_init_is_a_busybox_script_that_fails_loudly():
+    text = (image.recipe_dir() / "initrd-init").read_text()
+    assert text.startswith("#!/bin/busybox sh\n")
+    assert "COWORK-FAILED" in text
+    assert "switch_root /root" in text
