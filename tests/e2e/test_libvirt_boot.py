@@ -62,8 +62,16 @@ say net "$(ls /sys/class/net | tr '\\n' ',')"
 for p in /sys/class/virtio-ports/*; do say port "$(cat $p/name)"; done
 for d in /sys/block/vd*; do say disk "$(basename $d):$(cat $d/serial):ro=$(cat $d/ro)"; done
 for c in /sys/bus/pci/devices/*/class; do say pciclass "$(cat $c)"; done
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 cw-ws /mnt/ws && \\
-  echo written-by-guest > /mnt/ws/from-guest.txt && say wswrite ok
+# Write as the host user's uid, as the agent does: unprivileged QEMU cannot chown to root.
+U=$(sed -n 's/.*cowork_uid=\\([0-9]*\\).*/\\1/p' /proc/cmdline)
+mkdir -p /etc
+echo "root:x:0:0::/:/bin/sh" > /etc/passwd
+[ "$U" = 0 ] || echo "agent:x:$U:$U::/:/bin/sh" >> /etc/passwd
+printf 'root:x:0:\\nagent:x:%s:\\n' "$U" > /etc/group
+mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 cw-ws /mnt/ws || say wsmount failed
+if su "$(sed -n "s/^\\([a-z]*\\):x:$U:.*/\\1/p" /etc/passwd)" -c \\
+    'echo written-by-guest > /mnt/ws/from-guest.txt' 2>/tmp/werr; then say wswrite ok
+else say wswrite "failed:$(tr ' ' _ </tmp/werr)"; fi
 # Mounted read-write on purpose: the host, not the guest, must refuse the write.
 mount -t 9p -o trans=virtio,version=9p2000.L,rw cw-ro /mnt/ro && say romount ok
 say roread "$(cat /mnt/ro/keep.txt)"
@@ -83,7 +91,10 @@ def _cache_dir() -> Path:
 def _kernel_package() -> str:
     proc = subprocess.run(["apt-cache", "depends", KERNEL_META], capture_output=True, text=True)
     if proc.returncode != 0:
-        raise AssertionError(f"apt-cache cannot resolve {KERNEL_META}: {proc.stderr.strip()}")
+        raise AssertionError(
+            f"apt-cache cannot resolve {KERNEL_META} ({proc.stderr.strip()}): run "
+            f"`sudo apt-get update`, or unpack the kernel package into {_cache_dir()}"
+        )
     out = proc.stdout
     for line in out.splitlines():
         line = line.strip()
@@ -206,7 +217,7 @@ def test_tiny_guest_boots_sealed_and_leaves_nothing(
         channel_socket=tmp_path / "ch.sock",
         console_log=tmp_path / "console.log",
         shares=(Share("cw-ws", ws, False), Share("cw-ro", ro, True)),
-        cmdline="console=ttyS0 rdinit=/init panic=-1 loglevel=4",
+        cmdline=f"console=ttyS0 rdinit=/init panic=-1 loglevel=4 cowork_uid={os.getuid()}",
         cpus=1,
         memory_mib=512,
         accel=Accel.TCG,
@@ -240,6 +251,7 @@ def test_tiny_guest_boots_sealed_and_leaves_nothing(
             assert not cls.startswith(("0x02", "0x03", "0x04", "0x0c03")), cls
         assert by_key["wswrite"] == ["ok"]
         assert (ws / "from-guest.txt").read_text() == "written-by-guest\n"
+        assert (ws / "from-guest.txt").stat().st_uid == os.getuid()
         assert by_key["romount"] == ["ok"]
         assert by_key["roread"] == ["original"]
         assert by_key["rowrite"][0].startswith("refused:")
