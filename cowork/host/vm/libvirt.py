@@ -23,6 +23,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import libvirt
 
@@ -32,6 +33,7 @@ from cowork.host.vm.accel import DEV_KVM, detect_accel
 from cowork.host.vm.backend import (
     NAME_PREFIX,
     BackendCapabilities,
+    UnsupportedError,
     VMState,
     VMStatus,
     check_name,
@@ -171,12 +173,31 @@ class LibvirtBackend:
     # --- connection -----------------------------------------------------------------
     def _connect(self) -> Any:
         with self._lock:
+            if urlsplit(self.uri).netloc:
+                # Shares, disks and sockets are paths on this machine: a remote daemon
+                # would resolve them on another one.
+                raise UnsupportedError(
+                    f"libvirt at {self.uri} is on another machine; cowork only drives the "
+                    "local hypervisor (qemu:///session or qemu:///system)"
+                )
+            if self._conn is not None and not self._alive(self._conn):
+                # The daemon restarted (or a session daemon timed out): reconnect once.
+                with contextlib.suppress(libvirt.libvirtError):
+                    self._conn.close()
+                self._conn = None
             if self._conn is None:
                 try:
                     self._conn = libvirt.open(self.uri)
                 except libvirt.libvirtError as exc:
                     raise translate(exc, f"connect to libvirt at {self.uri}", self.uri) from exc
             return self._conn
+
+    @staticmethod
+    def _alive(conn: Any) -> bool:
+        try:
+            return bool(conn.isAlive())
+        except libvirt.libvirtError:
+            return False
 
     def _call(self, doing: str, fn: Callable[[], T]) -> T:
         try:

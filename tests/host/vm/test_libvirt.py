@@ -264,3 +264,19 @@ def test_kvm_device_that_libvirt_cannot_use_is_reported(tmp_path: Path) -> None:
     dev.chmod(0o666)
     assert kvm_device_problem(dev, kvm_group=group + "-other") is None
     assert kvm_device_problem(tmp_path / "absent") is None
+
+
+def test_remote_hypervisor_is_unsupported() -> None:
+    with pytest.raises(UnsupportedError, match="another machine"):
+        LibvirtBackend("qemu+ssh://example.invalid/system").list()
+
+
+def test_reconnects_after_the_connection_closed(backend: LibvirtBackend, tmp_path: Path) -> None:
+    spec = make_spec(tmp_path)
+    backend.create(spec)
+    try:
+        backend._connect().close()  # as if the daemon had gone away
+        assert backend.status(spec.name).state in (VMState.SHUTOFF, VMState.MISSING)
+        assert backend.status("cowork-absent").state is VMState.MISSING
+    finally:
+        backend.destroy(spec.name)
