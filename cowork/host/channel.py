@@ -689,6 +689,12 @@ class Channel:
         chan = self._open_session()
         try:
             chan.get_pty(term=term, width=cols, height=rows)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            chan.close()
+            raise ChannelError(
+                f"the guest could not allocate a terminal ({exc}); its /dev/pts must be mounted"
+            ) from exc
+        try:
             chan.exec_command(remote)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             chan.close()
