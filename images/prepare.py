@@ -342,7 +342,9 @@ def customize(root: Path, out: Path) -> None:
     clear_dir(root / "var/cache/apt", "*.bin")
     clear_dir(root / "var/cache/apt/archives", "*.deb")
     clear_dir(root / "var/log", "*.log")
-    clear_dir(root / "tmp")
+    # Not /tmp: mmdebstrap keeps its apt configuration there until its own cleanup, after
+    # these hooks; without it that cleanup's apt-get would act on the build host's apt state.
+    # The disk gets an empty /tmp instead (see disk()).
     export_boot_files(root, out)
     found = problems(root)
     if found:
@@ -355,19 +357,31 @@ def disk(root: Path, out: Path, label: str, size: str) -> None:
 
     While hooks run, mmdebstrap has /proc, /sys and /dev mounted inside ``root`` and
     ``mkfs.ext4 -d`` has no way to stay on one file system, so it reads a non-recursive bind
-    mount of ``root`` instead: the same tree without anything mounted inside it.
+    mount of ``root`` instead: the same tree without anything mounted inside it (then empty
+    tmpfs mounts over its /tmp and /var/tmp, which ``mkfs.ext4 -d`` copies as empty).
     """
     step("writing the disk")
-    view = out.parent / "rootview"
+    view = out / "rootview"
     view.mkdir(exist_ok=True)
     subprocess.run(["mount", "--bind", str(root), str(view)], check=True)
+    mounted = [view]
     try:
+        # mmdebstrap's own files are still in /tmp and /var/tmp (it removes them after the
+        # hooks): the image gets these directories empty.
+        for rel in ("tmp", "var/tmp"):
+            target = view / rel
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "mode=1777,size=1m", "tmpfs", str(target)],
+                check=True,
+            )
+            mounted.append(target)
         subprocess.run(
             ["mkfs.ext4", "-q", "-F", "-L", label, "-d", str(view), str(out / "disk.raw"), size],
             check=True,
         )
     finally:
-        subprocess.run(["umount", str(view)], check=True)
+        for target in reversed(mounted):
+            subprocess.run(["umount", str(target)], check=True)
         view.rmdir()
 
 

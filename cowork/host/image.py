@@ -514,7 +514,14 @@ def _build_into(
     mirror, security = host_mirrors()
     out = work / "out"
     out.mkdir()
-    os.chmod(work, 0o755)  # noqa: S103 -- mmdebstrap's user namespace must reach out/
+    # The hooks run as root inside mmdebstrap's user namespace; in unshare mode that root is a
+    # subordinate uid that cannot write to the user's folders. They write to stage/ (open to
+    # it, under a work dir that others can traverse but not list), and the files are copied
+    # out as the user afterwards.
+    stage = work / "stage"
+    stage.mkdir()
+    os.chmod(stage, 0o777)  # noqa: S103 -- see above; removed when the build ends
+    os.chmod(work, 0o711)  # noqa: S103 -- traversable to reach stage/, not listable
     log_path = work / "build.log"
     argv = mmdebstrap_argv(
         mode=mode,
@@ -522,7 +529,7 @@ def _build_into(
         mirror=mirror,
         security=security,
         recipe=recipe,
-        out=out,
+        out=stage,
         python=sys.executable,
     )
     _say(progress, 2, f"installing packages from {mirror} (about 1-2 minutes)…")
@@ -548,20 +555,24 @@ def _build_into(
     with log_path.open("w") as log:
         rc = _run_logged(argv, log, on_line, tmpdir)
     if rc != 0:
+        kept = work.parent / "build-failed.log"
+        shutil.copyfile(log_path, kept)
         hint = ""
         if mode == "unshare":
             hint = (
-                " Building as a normal user needs unprivileged user namespaces "
+                "Building as a normal user needs unprivileged user namespaces "
                 "(sysctl kernel.unprivileged_userns_clone=1) and /etc/subuid ranges."
             )
         raise ImageError(
-            f"mmdebstrap failed (exit {rc}); the last lines of {log_path.name}:\n"
+            f"mmdebstrap failed (exit {rc}); the whole log is in {kept}; its last lines:\n"
             f"{_tail(log_path)}\n{hint}".rstrip()
         )
-    raw = out / "disk.raw"
+    raw = stage / "disk.raw"
     for name in (KERNEL_FILE, INITRD_FILE, "disk.raw"):
-        if not (out / name).is_file():
+        if not (stage / name).is_file():
             raise ImageError(f"the image build produced no {name}; see {log_path}")
+    for name in (KERNEL_FILE, INITRD_FILE):
+        shutil.copyfile(stage / name, out / name)
     _say(progress, 5, "converting the disk to qcow2…")
     try:
         subprocess.run(
@@ -582,7 +593,7 @@ def _build_into(
         )
     except subprocess.CalledProcessError as exc:
         raise ImageError(f"qemu-img convert failed: {exc.stderr.strip()}") from exc
-    raw.unlink()
+    shutil.rmtree(stage)
     _say(progress, 6, "hashing and writing the manifest…")
     for name in IMAGE_FILES:
         os.chmod(out / name, 0o444)
