@@ -87,7 +87,7 @@ def qemu_argv(info: image.ImageInfo, d: Path, shares: list[tuple[str, Path, bool
 
 
 class Guest:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, extra_mounts: tuple[contract.Mount, ...] = ()) -> None:
         self.info = _image()
         self.dir = root
         self.ws = root / "ws"
@@ -107,6 +107,7 @@ class Guest:
             contract.Mount(contract.TAG_WORKSPACE, contract.WORKSPACE_MOUNT, False),
             contract.Mount(contract.TAG_WORKSPACE_CLAUDE, "/workspace/.claude", True),
             contract.Mount(contract.TAG_USER_CLAUDE, f"{contract.AGENT_HOME}/.claude", True),
+            *extra_mounts,
         )
         seed = contract.Seed(
             session="rawboot",
@@ -234,6 +235,9 @@ def test_the_guest_view_through_the_channel(guest):
         assert not ch.run(f"cat {contract.GUEST_LOG}").ok
         assert not ch.run("cat /run/cowork/ssh/host_key").ok
         assert not ch.run("touch /run/cowork/ssh/authorized_keys").ok
+        port = f"/dev/virtio-ports/{contract.CHANNEL_PORT}"
+        assert ch.run(f"test -L {port}").ok
+        assert not ch.run(f"test -r {port} || test -w {port}").ok  # the channel is root's
 
         # No network device besides loopback, and loopback is up.
         links = ch.run("ls /sys/class/net", check=True).stdout.split()
@@ -266,3 +270,20 @@ def test_acpi_power_button_syncs_and_powers_off(guest):
     text = guest.console_text()
     assert "power button pressed" in text
     assert "powering off" in text
+
+
+def test_a_share_that_cannot_be_mounted_stops_the_guest_before_ready(tmp_path):
+    # Fail closed: the seed asks for a share QEMU does not export. The guest must not
+    # announce itself ready without it; it says why on the console and powers off.
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    missing = contract.Mount("cw-missing", "/workspace/missing", True)
+    g = Guest(tmp_path, extra_mounts=(missing,))
+    try:
+        text = g.wait_ready()
+        code = g.proc.wait(timeout=60)
+    finally:
+        g.stop()
+    assert "COWORK-READY" not in text
+    assert re.search(r"^COWORK-FAILED .*cw-missing", g.console_text(), re.M), g.console_text()
+    assert code == 0  # powered off by the guest, not killed
