@@ -28,6 +28,7 @@ Contract:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import fcntl
@@ -289,13 +290,31 @@ def environment_file(env: dict[str, str]) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+PEM_BEGIN = "-----BEGIN CERTIFICATE-----"
+PEM_END = "-----END CERTIFICATE-----"
+
+
+def check_pem_certificate(pem: str) -> str:
+    """``pem`` stripped, if it is exactly one PEM certificate; else InitError. A malformed
+    entry must not reach the system bundle, where it could break TLS for every program."""
+    pem = pem.strip()
+    lines = pem.splitlines()
+    if len(lines) < 3 or lines[0] != PEM_BEGIN or lines[-1] != PEM_END:
+        raise InitError("a CA certificate in the seed is not one PEM certificate")
+    try:
+        der = base64.b64decode("".join(lines[1:-1]), validate=True)
+    except ValueError as exc:
+        raise InitError("a CA certificate in the seed has a corrupt body") from exc
+    if not der.startswith(b"\x30"):  # a DER SEQUENCE
+        raise InitError("a CA certificate in the seed is not DER inside")
+    return pem
+
+
 def ca_bundle_addition(existing: str, certs: Sequence[str]) -> str:
-    """Text to append to the CA bundle: each PEM not already in it, newline-separated."""
+    """Text to append to the CA bundle: each certificate not already in it."""
     out = []
-    for pem in certs:
-        pem = pem.strip()
-        if "-----BEGIN CERTIFICATE-----" not in pem:
-            raise InitError("a CA certificate in the seed is not PEM")
+    for cert in certs:
+        pem = check_pem_certificate(cert)
         if pem not in existing:
             out.append(pem + "\n")
     prefix = "" if not out or existing.endswith("\n") or not existing else "\n"
@@ -453,8 +472,8 @@ def install_ca_certs(certs: Sequence[str]) -> None:
     existing = bundle.read_text(encoding="utf-8") if bundle.exists() else ""
     addition = ca_bundle_addition(existing, certs)
     os.makedirs(LOCAL_CA_DIR, mode=0o755, exist_ok=True)
-    for i, pem in enumerate(certs):
-        _write(f"{LOCAL_CA_DIR}/cowork-{i}.crt", pem.strip() + "\n", 0o644)
+    for i, cert in enumerate(certs):
+        _write(f"{LOCAL_CA_DIR}/cowork-{i}.crt", check_pem_certificate(cert) + "\n", 0o644)
     if addition:
         _write(CA_BUNDLE, existing + addition, 0o644)
 

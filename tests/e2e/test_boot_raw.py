@@ -50,6 +50,17 @@ def _keypair(directory: Path, name: str) -> tuple[str, str]:
     return key.read_text(), (directory / f"{name}.pub").read_text().strip()
 
 
+def _ca_cert(directory: Path) -> str:
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "1", "-subj", "/CN=cowork raw boot test CA",
+         "-keyout", str(directory / "ca.key"), "-out", str(directory / "ca.pem")],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return (directory / "ca.pem").read_text()
+
+
 def qemu_argv(info: image.ImageInfo, d: Path, shares: list[tuple[str, Path, bool]]) -> list[str]:
     argv = [
         "qemu-system-x86_64",
@@ -117,6 +128,7 @@ class Guest:
             agent_gid=AGENT_GID,
             mounts=self.mounts,
             env={"HTTPS_PROXY": f"http://127.0.0.1:{contract.PROXY_PORT}", "COWORK": "1"},
+            ca_certs=(_ca_cert(root),),
             guest_code=contract.guest_code_files(),
             hostname="cowork-raw",
         )
@@ -220,6 +232,13 @@ def test_the_guest_view_through_the_channel(guest):
         ch.run("echo from-guest > /workspace/out.txt", check=True)
         assert (guest.ws / "out.txt").read_text() == "from-guest\n"
         assert (guest.ws / "out.txt").stat().st_uid == AGENT_UID  # passthrough keeps owners
+
+        # The session's CA is trusted by the system bundle (what curl, git and Python use).
+        probe = (
+            "python3 -c 'import ssl; c = ssl.create_default_context(); "
+            'print(sorted(str(x["subject"]) for x in c.get_ca_certs()))\''
+        )
+        assert "cowork raw boot test CA" in ch.run(probe, check=True).stdout
 
         # Read-only shares refuse writes even though the agent owns nothing there.
         for target in ("/workspace/.claude/x", "/home/agent/.claude/x"):

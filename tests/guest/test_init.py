@@ -166,15 +166,29 @@ def test_environment_file_quotes_and_refuses_what_it_cannot_carry():
             init.environment_file(bad)
 
 
-PEM = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"
+PEM = "-----BEGIN CERTIFICATE-----\nMIIBAA==\n-----END CERTIFICATE-----"
 
 
 def test_ca_bundle_addition_appends_once():
     assert init.ca_bundle_addition("existing\n", [PEM]) == PEM + "\n"
-    assert init.ca_bundle_addition("existing", [PEM]) == "\n" + PEM + "\n"
+    assert init.ca_bundle_addition("existing", [PEM + "\n"]) == "\n" + PEM + "\n"
     assert init.ca_bundle_addition("x\n" + PEM + "\n", [PEM]) == ""
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "not a cert",
+        "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----",
+        "-----BEGIN CERTIFICATE-----\nnot*base64\n-----END CERTIFICATE-----",
+        "-----BEGIN CERTIFICATE-----\nQUJD\n-----END CERTIFICATE-----",  # not DER
+        PEM + "\n" + PEM,  # two in one entry
+        "-----BEGIN PRIVATE KEY-----\nMIIBAA==\n-----END PRIVATE KEY-----",
+    ],
+)
+def test_ca_bundle_refuses_anything_but_one_certificate(bad):
     with pytest.raises(init.InitError):
-        init.ca_bundle_addition("", ["not a cert"])
+        init.ca_bundle_addition("", [bad])
 
 
 def test_read_seed_round_trip_and_rejects_garbage(tmp_path):
