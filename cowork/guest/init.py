@@ -77,6 +77,11 @@ KEY_POWER = 116
 INPUT_EVENT = struct.Struct("@qqHHi")
 SEED_DEVICE_ENV = "COWORK_SEED_DEVICE"
 
+#: Guest groups that own system files or devices: the agent's gid must never become one.
+PRIVILEGED_GROUPS = frozenset(
+    {"root", "adm", "tty", "disk", "kmem", "sudo", "shadow", "utmp", "staff", "kvm"}
+)
+
 _NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}\Z")
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _TAG = re.compile(r"[A-Za-z0-9_-]{1,31}\Z")
@@ -252,6 +257,11 @@ def replace_group(text: str, group: str, gid: int, member_to_drop: str) -> str:
             if line:
                 kept.append(line)
             continue
+        if fields[2] == str(gid) and fields[0] in PRIVILEGED_GROUPS:
+            raise InitError(
+                f"agent gid {gid} is the guest's {fields[0]} group, which owns system files; "
+                "the agent cannot be given it (run cowork as a user with an ordinary group)"
+            )
         if fields[0] == group or fields[2] == str(gid):
             continue
         members = [m for m in fields[3].split(",") if m and m != member_to_drop]
@@ -276,6 +286,34 @@ def passwd_names_with_uid(text: str, uid: int) -> list[str]:
         if len(fields) >= 3 and fields[2] == str(uid):
             out.append(fields[0])
     return out
+
+
+_KEY_TYPES = (
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+)
+
+
+def authorized_keys_line(key: str) -> str:
+    """The one ``authorized_keys`` line for the host's client key: a bare public key (type,
+    base64, optional comment) on one line, with no options such as ``command=`` and no
+    second key smuggled in on another line."""
+    line = key.strip()
+    if any(c in line for c in "\r\n\0"):
+        raise InitError("the seed's authorized key spans several lines")
+    words = line.split()
+    if len(words) < 2 or words[0] not in _KEY_TYPES:
+        raise InitError("the seed's authorized key is not a bare OpenSSH public key")
+    try:
+        base64.b64decode(words[1], validate=True)
+    except ValueError as exc:
+        raise InitError("the seed's authorized key has a corrupt body") from exc
+    return line + "\n"
 
 
 def environment_file(env: dict[str, str]) -> str:
@@ -390,6 +428,26 @@ def loopback_up() -> None:
         fcntl.ioctl(s.fileno(), siocsifflags, struct.pack("16sH14x", b"lo", flags | iff_up))
 
 
+def prepare_dev() -> None:
+    """What udev and systemd would provide in /dev: ptys for interactive shells, /dev/shm for
+    POSIX semaphores (Python's multiprocessing), and /dev/fd for bash's <(...)."""
+    for path in ("/dev/pts", "/dev/shm"):
+        os.makedirs(path, mode=0o755, exist_ok=True)
+    if not os.path.ismount("/dev/pts"):
+        _run(["/bin/mount", "-t", "devpts", "-o", "nosuid,noexec,gid=5,mode=620,ptmxmode=666",
+              "devpts", "/dev/pts"])  # fmt: skip
+    if not os.path.ismount("/dev/shm"):
+        _run(["/bin/mount", "-t", "tmpfs", "-o", "nosuid,nodev,mode=1777", "tmpfs", "/dev/shm"])
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
+        if not os.path.lexists(f"/dev/{name}"):
+            os.symlink(target, f"/dev/{name}")
+
+
 def set_hostname(name: str) -> None:
     _check_name("host", name)
     socket.sethostname(name)
@@ -432,10 +490,19 @@ def _shadow_gid() -> int:
     return 0
 
 
+def check_plain_path(target: str) -> None:
+    """Raise InitError if any component of ``target`` is a symlink: a shared folder could
+    hold one (``.claude -> /etc``) and mount(8) would follow it."""
+    if os.path.realpath(target) != os.path.normpath(target):
+        raise InitError(f"mount target {target} goes through a symbolic link; refusing it")
+
+
 def mount_shares(mounts: Sequence[Mount], log: Log) -> None:
     for mount in mounts:
         argv = mount_argv(mount)
+        check_plain_path(os.path.dirname(mount.target))
         os.makedirs(mount.target, mode=0o755, exist_ok=True)
+        check_plain_path(mount.target)
         _run(argv)
         log(f"mounted {mount.tag} at {mount.target}{' read-only' if mount.readonly else ''}")
     check_mounts(mounts, Path("/proc/mounts").read_text(encoding="utf-8"))
@@ -449,7 +516,7 @@ def write_ssh_files(seed: Seed) -> None:
     os.chmod(SSH_DIR, 0o711)  # noqa: S103 -- traversable, not listable or writable
     host_key = seed.host_key if seed.host_key.endswith("\n") else seed.host_key + "\n"
     _write(HOST_KEY_PATH, host_key, 0o600)
-    _write(AUTHORIZED_KEYS_PATH, seed.authorized_key.strip() + "\n", 0o644)
+    _write(AUTHORIZED_KEYS_PATH, authorized_keys_line(seed.authorized_key), 0o644)
     os.makedirs(SSHD_PRIVSEP_DIR, mode=0o755, exist_ok=True)
     os.chmod(SSHD_PRIVSEP_DIR, 0o755)  # noqa: S103 -- sshd requires root 0755
     from cowork.guest import sshd
@@ -532,6 +599,7 @@ def setup(log: Log) -> tuple[Seed, str]:
     seed = read_seed(device)
     log(f"seed {device}: session {seed.session}, {len(seed.mounts)} shares")
     load_modules(log)
+    prepare_dev()
     loopback_up()
     set_hostname(seed.hostname)
     create_agent(seed)

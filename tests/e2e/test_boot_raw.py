@@ -254,9 +254,15 @@ def test_the_guest_view_through_the_channel(guest):
         assert not ch.run(f"cat {contract.GUEST_LOG}").ok
         assert not ch.run("cat /run/cowork/ssh/host_key").ok
         assert not ch.run("touch /run/cowork/ssh/authorized_keys").ok
+        assert not ch.run("test -r /dev/vda || test -w /dev/vda").ok  # the root disk is root's
         port = f"/dev/virtio-ports/{contract.CHANNEL_PORT}"
         assert ch.run(f"test -L {port}").ok
         assert not ch.run(f"test -r {port} || test -w {port}").ok  # the channel is root's
+
+        # What programs expect of /dev without udev: ptys, /dev/shm, /dev/fd.
+        ch.run("diff <(echo a) <(echo a) && test -e /dev/stdin", check=True)
+        ch.run("python3 -c 'import os; os.openpty()'", check=True)
+        ch.run("python3 -c 'import multiprocessing as m; m.Lock()'", check=True)
 
         # No network device besides loopback, and loopback is up.
         links = ch.run("ls /sys/class/net", check=True).stdout.split()

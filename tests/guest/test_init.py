@@ -247,3 +247,45 @@ def test_power_pressed_only_on_a_power_key_press():
     assert not init.power_pressed(event(init.EV_KEY, init.KEY_POWER, 0) + syn)  # release
     assert not init.power_pressed(event(init.EV_KEY, 30, 1))  # another key
     assert not init.power_pressed(event(init.EV_KEY, init.KEY_POWER, 1)[:20])  # torn read
+
+
+@pytest.mark.parametrize("gid", [27, 0])
+def test_replace_group_refuses_a_privileged_gid(gid):
+    with pytest.raises(init.InitError):
+        init.replace_group(GROUP + "disk:x:6:\n", "agent", gid, "agent")
+    with pytest.raises(init.InitError, match="disk group"):
+        init.replace_group(GROUP + "disk:x:6:\n", "agent", 6, "agent")
+
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBeY1U0Vjzj8t4iC0C2x1nQq1Ojm9fQ3o0Gv9d0n2Y4x host"
+
+
+def test_authorized_keys_line_accepts_one_bare_key():
+    assert init.authorized_keys_line(KEY + "\n") == KEY + "\n"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        KEY + "\nssh-ed25519 AAAAC3NzaC1lZDI1NTE5 second",  # a second key
+        'command="sh" ' + KEY,  # options
+        "ssh-ed25519",  # no body
+        "ssh-ed25519 not*base64 x",
+        "",
+    ],
+)
+def test_authorized_keys_line_refuses_anything_else(bad):
+    with pytest.raises(init.InitError):
+        init.authorized_keys_line(bad)
+
+
+def test_check_plain_path_refuses_a_symlinked_component(tmp_path):
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "ws" / ".claude").symlink_to(tmp_path / "etc")
+    init.check_plain_path(str(tmp_path / "ws"))
+    init.check_plain_path(str(tmp_path / "ws" / "missing"))
+    with pytest.raises(init.InitError, match="symbolic link"):
+        init.check_plain_path(str(tmp_path / "ws" / ".claude"))
+    with pytest.raises(init.InitError, match="symbolic link"):
+        init.check_plain_path(str(tmp_path / "ws" / ".claude" / "x"))
