@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_channel.py [--n 100]
 
-Compares ``Channel.run("true")`` (through the relay, sshd and the guest runner) with a raw
+Compares ``Channel.run("true")`` (through the relay, sshd and the job wrapper) with a raw
 SSH exec of ``true`` on the same transport and with a local ``subprocess.run(["true"])``;
 also reports connect time and bulk stdout throughput. Numbers are for this machine only.
 """

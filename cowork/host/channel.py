@@ -10,8 +10,8 @@ Contract:
   once (never trust-on-first-use, never retried); anything else that fails is retried on a
   fresh connection with backoff until the timeout, because the guest may still be booting.
 - One transport per VM; every method may be called from several threads at once.
-- Every command runs through the guest runner (:mod:`cowork.guest.runner`) in its own process
-  group, so a timeout or an interrupt kills the command and all its children.
+- Every command runs in its own process group (:func:`job_script`), so a timeout or an
+  interrupt kills the command and all its children (:func:`kill_script`, on a second session).
 - Environment for a command is passed on its command line, never with SSH ``env`` requests.
 - A transport that stops answering keepalives is torn down; calls then raise ChannelError.
 """
@@ -46,7 +46,6 @@ from cowork.errors import ChannelError, CommandFailed
 from cowork.guest.contract import (
     ACK_PREFIX,
     AGENT_USER,
-    GUEST_LIB_DIR,
     SYNC_PREFIX,
     WORKSPACE_MOUNT,
 )
@@ -54,10 +53,8 @@ from cowork.host.events import EventBus, Kind
 
 log = logging.getLogger(__name__)
 
-#: How a command reaches the guest runner (the guest init unpacks guest code there).
-#: -I: ignore PYTHON* variables and the user's site directory (the agent controls both);
-#: -S: no site import (faster start).
-GUEST_RUNNER: tuple[str, ...] = ("python3", "-I", "-S", f"{GUEST_LIB_DIR}/cowork/guest/runner.py")
+#: Directory under the guest user's home that maps job ids to process groups.
+JOBS_DIR = ".cowork-jobs"
 #: Exit status of a command that ran out of time (as coreutils ``timeout``).
 TIMEOUT_STATUS = 124
 #: Bytes kept from the end of stderr in a CommandFailed message.
@@ -139,6 +136,47 @@ def failed(result: Result) -> CommandFailed:
     if tail:
         message += f": {tail}"
     return CommandFailed(message, result)
+
+
+def job_script(job: str, cwd: str, env: Mapping[str, str], command: str) -> str:
+    """The bash script that runs ``command`` as job ``job`` (pure; golden-tested).
+
+    The command runs in its own process group (bash job control), in ``cwd`` with ``env``
+    exported, with the session's stdin, stdout and stderr. Its process group id is kept in
+    ``~/.cowork-jobs/<job>`` while it runs so :func:`kill_script` can end the whole group.
+    The script exits with the command's status (128+N after signal N). The outer shell's own
+    job notices go to /dev/null. Needs bash as the guest user's login shell.
+    """
+    if not re.fullmatch(r"[0-9a-f]{8,64}", job):
+        raise ValueError(f"job id {job!r} is not 8-64 lowercase hex characters")
+    q = shlex.quote
+    exports = "".join(f"export {k}={q(v)}; " for k, v in check_env(env).items())
+    return (
+        f'd="$HOME/{JOBS_DIR}"; [ -d "$d" ] || mkdir -m 700 -- "$d"; f="$d/{job}"\n'
+        "set -m; exec 3>&2\n"
+        f"(cd -- {q(cwd)} || exit; {exports}exec bash -c {q(command)}) 2>&3 3>&- &\n"
+        'p=$!; exec 2>/dev/null 3>&-; echo "$p" > "$f"\n'
+        'wait "$p"; s=$?; rm -f -- "$f"; exit "$s"\n'
+    )
+
+
+def kill_script(job: str) -> str:
+    """The shell script that ends job ``job``'s process group: TERM, then KILL after 1 s."""
+    if not re.fullmatch(r"[0-9a-f]{8,64}", job):
+        raise ValueError(f"job id {job!r} is not 8-64 lowercase hex characters")
+    return (
+        f'f="$HOME/{JOBS_DIR}/{job}"; i=0\n'
+        # The job may be a moment from recording its group.
+        'while [ ! -s "$f" ] && [ "$i" -lt 10 ]; do sleep 0.1; i=$((i+1)); done\n'
+        'read -r p 2>/dev/null < "$f" || exit 0\n'
+        "case \"$p\" in ''|*[!0-9]*) exit 0;; esac\n"
+        '[ "$p" -gt 1 ] || exit 0\n'
+        'kill -TERM -- "-$p" 2>/dev/null || exit 0\n'
+        'i=0; while kill -0 -- "-$p" 2>/dev/null && [ "$i" -lt 10 ]; do\n'
+        "  sleep 0.1; i=$((i+1))\n"
+        "done\n"
+        'kill -KILL -- "-$p" 2>/dev/null; exit 0\n'
+    )
 
 
 def parse_public_key(line: str) -> tuple[str, bytes]:
@@ -328,7 +366,6 @@ class Channel:
         transport: paramiko.Transport,
         sock: socket.socket,
         *,
-        runner: Sequence[str] = GUEST_RUNNER,
         events: EventBus | None = None,
         keepalive: float = 5.0,
         workdir: str = WORKSPACE_MOUNT,
@@ -336,7 +373,6 @@ class Channel:
         self._transport = transport
         self._workdir = workdir
         self._sock = sock
-        self._runner = tuple(runner)
         self._events = events
         self._keepalive = keepalive
         self._closed = threading.Event()
@@ -362,7 +398,6 @@ class Channel:
         user: str = AGENT_USER,
         timeout: float,
         events: EventBus | None = None,
-        runner: Sequence[str] = GUEST_RUNNER,
         keepalive: float = 5.0,
         attempt_timeout: float = 3.0,
         workdir: str = WORKSPACE_MOUNT,
@@ -371,8 +406,8 @@ class Channel:
 
         ``host_key`` is the guest's pinned OpenSSH public key line; ``client_key`` the
         client's private key (OpenSSH text, or a file path). Retries until ``timeout``.
-        ``runner`` is how the guest runner is invoked and ``workdir`` the default ``cwd``
-        (both differ from the guest's only when the "guest" is a local sshd in tests).
+        ``workdir`` is the default ``cwd`` (it differs from ``/workspace`` only when the
+        "guest" is a local sshd in tests).
         """
         pinned = parse_public_key(host_key)
         pkey = _load_private_key(client_key)
@@ -404,7 +439,6 @@ class Channel:
                 channel = cls(
                     transport,
                     sock,
-                    runner=runner,
                     events=events,
                     keepalive=keepalive,
                     workdir=workdir,
@@ -519,10 +553,7 @@ class Channel:
         command = command_line(cmd)
         variables = check_env(env)
         job = secrets.token_hex(8)
-        argv = [*self._runner, "run", "--id", job, "--cwd", cwd or self._workdir]
-        for key, value in variables.items():
-            argv += ["--env", f"{key}={value}"]
-        argv += ["--", command]
+        script = job_script(job, cwd or self._workdir, variables, command)
         data = input.encode() if isinstance(input, str) else input
         self._emit(Kind.COMMAND_STARTED, command=command, cwd=cwd or self._workdir, job=job)
         start = time.monotonic()
@@ -530,7 +561,7 @@ class Channel:
         chan = self._open_session()
         try:
             result = self._drive(
-                chan, shlex.join(argv), job, command, data, deadline, start, on_stdout, on_stderr
+                chan, script, job, command, data, deadline, start, on_stdout, on_stderr
             )
         finally:
             with suppress(Exception):
@@ -665,7 +696,7 @@ class Channel:
         try:
             chan = self._transport.open_session(timeout=10.0)
             try:
-                chan.exec_command(shlex.join([*self._runner, "kill", job]))
+                chan.exec_command(kill_script(job))
                 if not chan.status_event.wait(10.0):
                     log.warning("killing guest job %s did not finish", job)
             finally:

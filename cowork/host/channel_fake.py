@@ -346,12 +346,6 @@ class LocalGuest:
             os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privsep chroot
         self.config_path = self.directory / "sshd_config"
         self.config_path.write_text(config)
-        self.runner: tuple[str, ...] = (
-            sys.executable,
-            "-I",
-            "-S",
-            str(_REPO_ROOT / "cowork" / "guest" / "runner.py"),
-        )
         self.shim = SerialShim(self.directory, hangup=hangup)
         self.log_path = self.directory / "relay.log"
         self._log = self.log_path.open("ab")
@@ -386,7 +380,6 @@ class LocalGuest:
             "host_key": self.host_key,
             "client_key": self.client_key,
             "user": self.user,
-            "runner": self.runner,
             "workdir": str(self.workdir),
         }
 

@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from cowork.errors import ChannelError, CommandFailed
-from cowork.host.channel import Channel, Result, await_ack, parse_public_key
+from cowork.host.channel import (
+    Channel,
+    Result,
+    await_ack,
+    job_script,
+    kill_script,
+    parse_public_key,
+)
 from cowork.host.channel_fake import SSHD, FakeChannel, LocalGuest, temporary_guest
 from cowork.host.events import EventBus, Kind, Recorder
 
@@ -23,6 +30,27 @@ pytestmark = pytest.mark.skipif(
     not os.path.exists(SSHD) or shutil.which("ssh-keygen") is None,
     reason="needs openssh-server (/usr/sbin/sshd) and ssh-keygen",
 )
+
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "channel"
+
+
+def test_job_and_kill_scripts_match_golden_files() -> None:
+    job = job_script("0123abcd" * 2, "/workspace/my dir", {"A": "x y", "B": "it's"}, "echo $A")
+    kill = kill_script("0123abcd" * 2)
+    if os.environ.get("COWORK_UPDATE_GOLDEN"):
+        (DATA / "job_script.sh").write_text(job)
+        (DATA / "kill_script.sh").write_text(kill)
+    assert job == (DATA / "job_script.sh").read_text()
+    assert kill == (DATA / "kill_script.sh").read_text()
+
+
+@pytest.mark.parametrize("job", ["../x", "ABCDEF0123456789", "abc", "a" * 65, "1234567g"])
+def test_job_ids_that_are_not_plain_hex_are_refused(job: str) -> None:
+    with pytest.raises(ValueError, match="job id"):
+        job_script(job, "/", {}, "true")
+    with pytest.raises(ValueError, match="job id"):
+        kill_script(job)
 
 
 def _free_port() -> int:
@@ -88,6 +116,13 @@ def test_sequence_is_quoted_env_and_cwd_apply(ch: Channel, guest: LocalGuest) ->
     r = ch.run('echo "$A|$B|$COWORK_TEST"; pwd', env={"A": "x y", "B": "'\"$"})
     assert r.stdout == f"x y|'\"$|from sshd\n{guest.workdir}\n"
     assert ch.run("pwd", cwd="/").stdout == "/\n"
+
+
+def test_signals_and_bad_cwd_report_like_a_shell_without_wrapper_noise(ch: Channel) -> None:
+    r = ch.run("echo before; kill -KILL $$")
+    assert (r.exited, r.stdout, r.stderr) == (137, "before\n", "")
+    r = ch.run("true", cwd="/no/such/dir")
+    assert r.exited == 1 and "/no/such/dir" in r.stderr
 
 
 def test_bad_env_name_is_refused_before_anything_runs(ch: Channel) -> None:
