@@ -735,7 +735,12 @@ def main() -> NoReturn:
         shutdown(log)
     log(f"ready in {time.monotonic() - started:.2f} s after init start")
     console(f"{READY_MARKER} {seed.session}")
-    supervise(port_path, log)
+    try:
+        supervise(port_path, log)
+    except BaseException as exc:
+        # PID 1 must never return: the kernel would panic and leave the VM hung.
+        log(f"supervisor failed: {type(exc).__name__}: {exc}")
+        shutdown(log)
 
 
 if __name__ == "__main__":
