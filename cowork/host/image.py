@@ -18,7 +18,7 @@ read-only export, so a read-only virtiofs mount would not be a boundary. The clo
 
 Why our own initrd: minbase has no udev, and initramfs-tools's initrd (udev, scripts, ~35 MB
 with ``MODULES=most``) spends seconds under software emulation before the real init runs.
-``images/prepare.py`` instead builds a ~3 MB initrd from the image's own busybox-static and
+``images/prepare.py`` instead builds a ~2 MB initrd from the image's own busybox-static and
 kernel modules (virtio, ext4, 9p, virtio_console, virtio-rng, with their dependencies from
 ``modules.dep``) whose ``/init`` (``images/initrd-init``) loads them, mounts ``root=`` and
 switches to ``init=``. initramfs-tools stays installed only because the kernel package
@@ -34,6 +34,10 @@ Contract:
   expected.
 - :func:`verify` re-hashes every file listed in the manifest (sha256, full) and raises
   :class:`~cowork.errors.ImageError` naming the first file that is missing or differs.
+  Measured: ~0.3-0.6 s for the ~440 MB image with a warm page cache (~700-950 MB/s).
+- ``build(force=True)`` replaces the image in place. Two builds of one recipe are not
+  byte-identical (timestamps, file system UUID, newer security updates), so an overlay kept
+  from an earlier session must not outlive a forced rebuild of its base.
 """
 
 from __future__ import annotations
