@@ -141,22 +141,25 @@ def failed(result: Result) -> CommandFailed:
 def job_script(job: str, cwd: str, env: Mapping[str, str], command: str) -> str:
     """The bash script that runs ``command`` as job ``job`` (pure; golden-tested).
 
-    The command runs in its own process group (bash job control), in ``cwd`` with ``env``
-    exported, with the session's stdin, stdout and stderr. Its process group id is kept in
-    ``~/.cowork-jobs/<job>`` while it runs so :func:`kill_script` can end the whole group.
-    The script exits with the command's status (128+N after signal N). The outer shell's own
-    job notices go to /dev/null. Needs bash as the guest user's login shell.
+    sshd starts every session's shell as a session (and process group) leader, so the
+    script's own pid is the group of the command and all its children. The script records it
+    in ``~/.cowork-jobs/<job>`` for :func:`kill_script`, then runs ``command`` with
+    ``bash -c`` in ``cwd`` with ``env`` exported, and exits with its status (128+N after
+    signal N: the trailing ``exit`` keeps bash from exec'ing the command in its place, which
+    would turn a signal into an SSH exit-signal). Nothing is forked but the command itself.
     """
     if not re.fullmatch(r"[0-9a-f]{8,64}", job):
         raise ValueError(f"job id {job!r} is not 8-64 lowercase hex characters")
     q = shlex.quote
-    exports = "".join(f"export {k}={q(v)}; " for k, v in check_env(env).items())
+    exports = "".join(f"export {k}={q(v)}\n" for k, v in check_env(env).items())
     return (
-        f'd="$HOME/{JOBS_DIR}"; [ -d "$d" ] || mkdir -m 700 -- "$d"; f="$d/{job}"\n'
-        "set -m; exec 3>&2\n"
-        f"(cd -- {q(cwd)} || exit; {exports}exec bash -c {q(command)}) 2>&3 3>&- &\n"
-        'p=$!; exec 2>/dev/null 3>&-; echo "$p" > "$f"\n'
-        'wait "$p"; s=$?; rm -f -- "$f"; exit "$s"\n'
+        f'd="$HOME/{JOBS_DIR}"; [ -d "$d" ] || mkdir -m 700 -- "$d"; echo "$$" > "$d/{job}"\n'
+        f"cd -- {q(cwd)} || exit\n"
+        f"{exports}"
+        # The shell's own notices ("Killed") are not the command's output.
+        "exec 3>&2 2>/dev/null\n"
+        f"bash -c {q(command)} 2>&3 3>&-\n"
+        "exit $?\n"
     )
 
 

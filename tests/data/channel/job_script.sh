@@ -1,5 +1,7 @@
-d="$HOME/.cowork-jobs"; [ -d "$d" ] || mkdir -m 700 -- "$d"; f="$d/0123abcd0123abcd"
-set -m; exec 3>&2
-(cd -- '/workspace/my dir' || exit; export A='x y'; export B='it'"'"'s'; exec bash -c 'echo $A') 2>&3 3>&- &
-p=$!; exec 2>/dev/null 3>&-; echo "$p" > "$f"
-wait "$p"; s=$?; rm -f -- "$f"; exit "$s"
+d="$HOME/.cowork-jobs"; [ -d "$d" ] || mkdir -m 700 -- "$d"; echo "$$" > "$d/0123abcd0123abcd"
+cd -- '/workspace/my dir' || exit
+export A='x y'
+export B='it'"'"'s'
+exec 3>&2 2>/dev/null
+bash -c 'echo $A' 2>&3 3>&-
+exit $?
