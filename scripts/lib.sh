@@ -74,8 +74,18 @@ ensure_venv() {
 
 has_systemd() { [ -d /run/systemd/system ]; }
 
+# Without udev, /dev/kvm stays root:root 0600; libvirt then re-probes QEMU on every call
+# (seconds each). Give it the ownership udev would.
+fix_kvm_device() {
+  [ -e /dev/kvm ] || return 0
+  getent group kvm >/dev/null || return 0
+  [ "$(stat -c %G /dev/kvm)" = kvm ] && return 0
+  as_root chgrp kvm /dev/kvm && as_root chmod 0660 /dev/kvm
+}
+
 # Root talks to libvirt's system daemon; a normal user's qemu:///session daemon starts by itself.
 start_libvirt() {
+  fix_kvm_device
   [ "$(id -u)" -eq 0 ] || return 0
   if has_systemd; then
     systemctl is-active --quiet libvirtd || systemctl start libvirtd

@@ -1,0 +1,33 @@
+"""Helpers shared by the CLI's command modules: progress output and the event bus."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cowork.host.events import AuditLog, EventBus
+from cowork.paths import Paths
+
+
+def progress(message: str) -> None:
+    """Progress goes to stderr so that a command's own output on stdout stays clean."""
+    print(f"cowork: {message}", file=sys.stderr, flush=True)
+
+
+def event_bus(paths: Paths, session: str | None = None) -> EventBus:
+    """A bus whose events are also appended to the user's audit log."""
+    bus = EventBus(session=session)
+    bus.subscribe(AuditLog(paths.audit_log))
+    return bus
+
+
+def add_workspace_arg(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument(
+        "--workspace",
+        "-w",
+        type=Path,
+        required=required,
+        metavar="DIR",
+        help="the folder to share with the VM (read-write at /workspace)",
+    )

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class CLI:
+    """Runs ``python -m cowork`` with cowork's per-user folders under a temporary home.
+
+    The image cache stays the real one (built once); config, data and state are temporary.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.env = dict(os.environ)
+        for var, sub in (
+            ("XDG_CONFIG_HOME", "config"),
+            ("XDG_DATA_HOME", "data"),
+            ("XDG_STATE_HOME", "state"),
+        ):
+            self.env[var] = str(root / sub)
+        self.env["PYTHONPATH"] = str(REPO)
+        if "XDG_CACHE_HOME" not in self.env:
+            self.env["XDG_CACHE_HOME"] = str(Path.home() / ".cache")
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / "state" / "cowork"
+
+    def __call__(
+        self, *args: str, input: str | None = None, timeout: float = 900
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cowork", *args],
+            capture_output=True,
+            text=True,
+            input=input,
+            env=self.env,
+            timeout=timeout,
+            cwd=self.root,
+        )
+
+
+@pytest.fixture
+def cli(tmp_path: Path) -> CLI:
+    return CLI(tmp_path / "home")
