@@ -12,7 +12,7 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from cowork.cli.common import add_workspace_arg, event_bus, progress
 from cowork.errors import SecretError
@@ -24,6 +24,9 @@ from cowork.host.agent.task import run_task
 from cowork.host.agent.tools import describe
 from cowork.host.agent.transcript import Transcript
 from cowork.paths import Paths
+
+if TYPE_CHECKING:
+    from cowork.host.policy import Policy
 
 DEMO_LABEL = "demo model (scripted, not a real AI; set a key with `cowork creds set anthropic`)"
 
@@ -107,18 +110,43 @@ def model_for(
         yield AnthropicModel(demo_settings, "demo-model-no-key"), demo_settings
 
 
+def agent_settings(policy: Policy) -> AgentSettings:
+    """The agent part of the effective policy (a workspace can only narrow it)."""
+    agent = policy.agent
+    return AgentSettings(
+        model=agent.model,
+        base_url=agent.base_url,
+        approval_mode=ApprovalMode(agent.approval_mode),
+        allowed_approval_modes=frozenset(ApprovalMode(m) for m in agent.allowed_approval_modes),
+        max_turns=agent.max_turns,
+        max_tokens=agent.max_tokens,
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
-    from cowork.host.session import Session
+    from cowork.host.egress.gate import explain_url
+    from cowork.host.policy import load_effective
+    from cowork.host.session import open_session
+    from cowork.host.trust import TrustStore
+    from cowork.host.workspace import check_workspace
 
     paths = Paths()
-    workspace: Path = args.workspace
-    settings = AgentSettings()
-    mode = settings.resolve_mode(args.mode)  # before booting anything
     events = event_bus(paths)
+    # Every check of the user's input happens before anything starts.
+    workspace: Path = check_workspace(args.workspace, paths=paths)
+    trust = TrustStore(paths.trust_store, bus=events)
+    settings = agent_settings(load_effective(paths, workspace, trust, events))
+    mode = settings.resolve_mode(args.mode)
     out = sys.stdout
     with model_for(settings, demo=args.demo, out=out) as (model, used):
-        progress("starting the sealed VM (this takes a few seconds)")
-        with Session.open(workspace, paths=paths, events=events) as session:
+        with open_session(workspace, paths=paths, events=events, progress=progress) as session:
+
+            def egress_check(method: str, url: str) -> tuple[bool, str]:
+                policy = session.policy
+                grants = policy.egress.grants if policy is not None else ()
+                decision = explain_url(url, method, grants)
+                return decision.allowed, decision.reason
+
             summary = run_task(
                 session.channel,
                 args.task,
@@ -127,6 +155,8 @@ def _run(args: argparse.Namespace) -> int:
                 approver=TerminalApprover(),
                 model=model,
                 mode=str(mode),
+                egress_check=egress_check,
+                hooks_trusted=trust.status(workspace).trusted,
                 transcript=Transcript.create(paths, workspace),
                 on_text=lambda t: print(t, end="", file=out, flush=True),
                 on_action=lambda k, c, d: print_action(k, c, d, out),

@@ -8,17 +8,14 @@ import shlex
 import shutil
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 from cowork.cli.common import add_workspace_arg, event_bus, progress
 from cowork.errors import CoworkError, UsageError
 from cowork.host import session as session_mod
 from cowork.host import workspace as ws_mod
-from cowork.host.events import EventBus, Kind
-from cowork.host.policy import Policy, load_effective
+from cowork.host.events import Kind
 from cowork.host.session import Session, VMSettings
-from cowork.host.trust import TrustStore
 from cowork.paths import Paths
 
 
@@ -75,15 +72,6 @@ def _command_text(argv: list[str]) -> str:
     return argv[0] if len(argv) == 1 else shlex.join(argv)
 
 
-def effective_policy(paths: Paths, workspace: Path | None, bus: EventBus) -> Policy:
-    """Admin + user policy, plus the workspace's own config only if the user trusts it."""
-    return load_effective(paths, workspace, TrustStore(paths.trust_store, bus=bus), bus=bus)
-
-
-def _settings(paths: Paths, workspace: Path, bus: EventBus) -> VMSettings:
-    return VMSettings.from_policy(effective_policy(paths, workspace, bus))
-
-
 def _session_for(args: argparse.Namespace, paths: Paths) -> tuple[Session, bool]:
     """An attached running session for the workspace, or a freshly booted one (owned)."""
     workspace = ws_mod.check_workspace(args.workspace, paths=paths)
@@ -95,8 +83,7 @@ def _session_for(args: argparse.Namespace, paths: Paths) -> tuple[Session, bool]
         except CoworkError as exc:
             progress(f"not using VM {state.name}: {exc}")
     t0 = time.monotonic()
-    sess = Session.open(workspace, paths=paths, events=bus,
-                        settings=_settings(paths, workspace, bus), progress=progress)  # fmt: skip
+    sess = session_mod.open_session(workspace, paths=paths, events=bus, progress=progress)
     progress(f"VM {sess.name} ready in {time.monotonic() - t0:.1f} s")
     return sess, True
 
@@ -175,9 +162,9 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"VM {existing.name} is already up for {workspace}; "
             f"stop it first with `cowork vm down {existing.name}`"
         )
-    bus = event_bus(paths)
-    sess = Session.open(workspace, paths=paths, events=bus,
-                        settings=_settings(paths, workspace, bus), progress=progress)  # fmt: skip
+    sess = session_mod.open_session(
+        workspace, paths=paths, events=event_bus(paths), progress=progress
+    )
     sess.detach()
     print(f"{sess.name}\tready in {sess.state.boot_seconds:.1f} s\t{sess.state.accel}")
     return 0

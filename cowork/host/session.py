@@ -23,7 +23,7 @@ import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,8 @@ from cowork.guest import contract
 from cowork.host import image as image_mod
 from cowork.host import workspace as ws_mod
 from cowork.host.channel import Channel
+from cowork.host.egress.gateway import Gateway, GatewaySettings
+from cowork.host.egress.grants import Grant
 from cowork.host.events import EventBus, Kind
 from cowork.host.vm.accel import detect_accel
 from cowork.host.vm.backend import VMBackend
@@ -51,7 +53,8 @@ from cowork.paths import (
 )
 
 if TYPE_CHECKING:
-    from cowork.host.policy import Policy
+    from cowork.host.policy import Policy, PolicyWatcher
+    from cowork.host.secrets import Secrets
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +88,36 @@ class VMSettings:
             claude_dir=Path(mounts.claude_dir).expanduser() if mounts.claude_dir else None,
             claude_writable=mounts.claude_writable,
             workspace_writable=mounts.workspace_writable,
+        )
+
+
+@dataclass(frozen=True)
+class EgressSettings:
+    """The session's way out: a gateway enforcing grants. Without it the guest has none.
+
+    ``grants_provider`` is asked on every request, so a policy reload applies to the next
+    request. ``resolver``, ``address_check`` and ``upstream_ca_file`` exist for tests (through
+    the Python API only); they default to the system's resolver, the built-in address floor
+    and the system's CA bundle.
+    """
+
+    grants_provider: Callable[[], Sequence[Grant]]
+    allow_websockets: bool = False
+    max_body_mib: int = 64
+    secrets: Secrets | None = None
+    resolver: Callable[[str, int], Sequence[str]] | None = None
+    address_check: Callable[[str], bool] | None = None
+    upstream_ca_file: Path | None = None
+
+    @classmethod
+    def from_policy(cls, current: Callable[[], Policy], **overrides: Any) -> EgressSettings:
+        """Grants from whatever policy ``current()`` returns at the time of each request."""
+        policy = current()
+        return cls(
+            grants_provider=lambda: current().egress.grants,
+            allow_websockets=policy.egress.allow_websockets,
+            max_body_mib=policy.egress.max_body_mib,
+            **overrides,
         )
 
 
@@ -154,6 +187,30 @@ def create_overlay(base: Path, overlay: Path) -> None:
         raise BackendError(f"could not create the session disk {overlay}: {proc.stderr.strip()}")
 
 
+#: The guest's CA bundle: system roots plus the session's interception CA (added by the init).
+GUEST_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def start_gateway(egress: EgressSettings, events: EventBus, runtime_dir: Path) -> Gateway:
+    secrets = egress.secrets
+    if secrets is None:
+        from cowork.host.secrets import default_secrets
+
+        secrets = default_secrets()
+    return Gateway.start(
+        egress.grants_provider,
+        events=events,
+        secrets=secrets,
+        resolver=egress.resolver,
+        address_check=egress.address_check,
+        settings=GatewaySettings(
+            allow_websockets=egress.allow_websockets, max_body_mib=egress.max_body_mib
+        ),
+        upstream_ca_file=egress.upstream_ca_file,
+        runtime_dir=runtime_dir,
+    )
+
+
 def console_tail(path: Path, lines: int = 25) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -180,7 +237,11 @@ class Session:
         channel: Channel,
         events: EventBus,
         keep_overlay: bool,
+        gateway: Gateway | None = None,
     ) -> None:
+        self.gateway = gateway
+        #: Set by :func:`open_session`: keeps the effective policy current while we run.
+        self.policy_watcher: PolicyWatcher | None = None
         self.state = state
         self.paths = paths
         self.backend = backend
@@ -213,8 +274,7 @@ class Session:
         settings: VMSettings | None = None,
         backend: VMBackend | None = None,
         progress: Progress | None = None,
-        seed_env: dict[str, str] | None = None,
-        ca_certs: tuple[str, ...] = (),
+        egress: EgressSettings | None = None,
     ) -> Session:
         """Boot a fresh sealed VM for ``workspace`` and connect to it.
 
@@ -243,6 +303,7 @@ class Session:
         rdir = paths.session_runtime(name)
         created: list[Path] = []
         defined = False
+        gateway: Gateway | None = None
         try:
             sdir.mkdir(parents=True, mode=0o700)
             created.append(sdir)
@@ -259,6 +320,12 @@ class Session:
                 for s in shares
             )
 
+            seed_env: dict[str, str] = {}
+            ca_certs: tuple[str, ...] = ()
+            if egress is not None:
+                gateway = start_gateway(egress, events, sdir)
+                seed_env = gateway.guest_environment(GUEST_CA_BUNDLE, contract.PROXY_PORT)
+                ca_certs = (gateway.ca_cert_pem.decode(),)
             host_priv, host_pub = _ed25519_pair()
             client_priv, client_pub = _ed25519_pair()
             _write_private(sdir / CLIENT_KEY_FILE, client_priv)
@@ -269,7 +336,7 @@ class Session:
                 agent_uid=identity.uid,
                 agent_gid=identity.gid,
                 mounts=ws_mod.guest_mounts(shares),
-                env=dict(seed_env or {}),
+                env=seed_env,
                 ca_certs=tuple(ca_certs),
                 guest_code=contract.guest_code_files(),
             )
@@ -316,6 +383,8 @@ class Session:
                     f"({exc}); it has been destroyed. Last console lines:\n{tail}"
                 ) from exc
             boot_seconds = time.monotonic() - t0
+            if gateway is not None:
+                channel.reverse_forward(contract.PROXY_PORT, target=gateway.address)
             state = SessionState(
                 name=name,
                 workspace=str(resolved),
@@ -341,8 +410,11 @@ class Session:
                 channel=channel,
                 events=events,
                 keep_overlay=settings.keep_overlay,
+                gateway=gateway,
             )
         except BaseException as exc:
+            if gateway is not None:
+                gateway.stop()
             if defined:
                 try:
                     backend.destroy(name)
@@ -387,10 +459,17 @@ class Session:
         )  # fmt: skip
 
     def detach(self) -> None:
-        """Close the channel but leave the VM running (``--keep``)."""
+        """Close the channel but leave the VM running (``--keep``).
+
+        The egress gateway belongs to this process and stops with it: a VM left running has
+        no way out until a later command attaches with a gateway of its own.
+        """
         if not self._closed:
             self._closed = True
-            self.channel.close()
+            try:
+                self.channel.close()
+            finally:
+                self._stop_services()
 
     def close(self) -> None:
         """Destroy the VM and delete the session's files (the overlay unless kept)."""
@@ -399,17 +478,68 @@ class Session:
         self._closed = True
         try:
             self.channel.close()
+            self._stop_services()
         finally:
             destroy_session(
                 self.name, paths=self.paths, backend=self.backend, events=self.events,
                 keep_overlay=self.keep_overlay,
             )  # fmt: skip
 
+    def _stop_services(self) -> None:
+        try:
+            if self.gateway is not None:
+                self.gateway.stop()
+        finally:
+            if self.policy_watcher is not None:
+                self.policy_watcher.stop()
+
+    @property
+    def policy(self) -> Policy | None:
+        return self.policy_watcher.current if self.policy_watcher is not None else None
+
     def __enter__(self) -> Session:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def open_session(
+    workspace: Path,
+    *,
+    paths: Paths,
+    events: EventBus,
+    progress: Progress | None = None,
+    backend: VMBackend | None = None,
+) -> Session:
+    """A session configured by the effective policy, kept current while it runs.
+
+    The workspace is checked first; its own config is read only if the user trusts it.
+    The VM's settings come from the policy at start; egress grants are read from the
+    policy in force at each request (hot reload).
+    """
+    from cowork.host.policy import PolicyWatcher
+    from cowork.host.trust import TrustStore
+
+    resolved = ws_mod.check_workspace(workspace, paths=paths)
+    watcher = PolicyWatcher(paths, resolved, TrustStore(paths.trust_store, bus=events), events)
+    watcher.start()
+    try:
+        policy = watcher.current
+        sess = Session.open(
+            resolved,
+            paths=paths,
+            events=events,
+            settings=VMSettings.from_policy(policy),
+            backend=backend,
+            progress=progress,
+            egress=EgressSettings.from_policy(lambda: watcher.current),
+        )
+    except BaseException:
+        watcher.stop()
+        raise
+    sess.policy_watcher = watcher
+    return sess
 
 
 def load_state(paths: Paths, name: str) -> SessionState:
@@ -477,4 +607,5 @@ __all__ = [
     "find_for_workspace",
     "iter_states",
     "load_state",
+    "open_session",
 ]
