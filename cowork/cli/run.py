@@ -138,29 +138,31 @@ def _run(args: argparse.Namespace) -> int:
     settings = agent_settings(load_effective(paths, workspace, trust, events))
     mode = settings.resolve_mode(args.mode)
     out = sys.stdout
-    with model_for(settings, demo=args.demo, out=out) as (model, used):
-        with open_session(workspace, paths=paths, events=events, progress=progress) as session:
+    with (
+        model_for(settings, demo=args.demo, out=out) as (model, used),
+        open_session(workspace, paths=paths, events=events, progress=progress) as session,
+    ):
 
-            def egress_check(method: str, url: str) -> tuple[bool, str]:
-                policy = session.policy
-                grants = policy.egress.grants if policy is not None else ()
-                decision = explain_url(url, method, grants)
-                return decision.allowed, decision.reason
+        def egress_check(method: str, url: str) -> tuple[bool, str]:
+            policy = session.policy
+            grants = policy.egress.grants if policy is not None else ()
+            decision = explain_url(url, method, grants)
+            return decision.allowed, decision.reason
 
-            summary = run_task(
-                session.channel,
-                args.task,
-                settings=used,
-                events=events,
-                approver=TerminalApprover(),
-                model=model,
-                mode=str(mode),
-                egress_check=egress_check,
-                hooks_trusted=trust.status(workspace).trusted,
-                transcript=Transcript.create(paths, workspace),
-                on_text=lambda t: print(t, end="", file=out, flush=True),
-                on_action=lambda k, c, d: print_action(k, c, d, out),
-            )
+        summary = run_task(
+            session.channel,
+            args.task,
+            settings=used,
+            events=events,
+            approver=TerminalApprover(),
+            model=model,
+            mode=str(mode),
+            egress_check=egress_check,
+            hooks_trusted=trust.status(workspace).trusted,
+            transcript=Transcript.create(paths, workspace),
+            on_text=lambda t: print(t, end="", file=out, flush=True),
+            on_action=lambda k, c, d: print_action(k, c, d, out),
+        )
     print(f"\n\n{summary_line(summary)}", file=out)
     return exit_status(summary)
 
