@@ -15,10 +15,18 @@ def progress(message: str) -> None:
     print(f"cowork: {message}", file=sys.stderr, flush=True)
 
 
+def audit_log_path(paths: Paths) -> Path:
+    """``audit.log_path`` from admin/user policy, else the default in cowork's data folder."""
+    from cowork.host.policy import load_policy
+
+    configured = load_policy(paths).audit.log_path
+    return Path(configured).expanduser() if configured is not None else paths.audit_log
+
+
 def event_bus(paths: Paths, session: str | None = None) -> EventBus:
-    """A bus whose events are also appended to the user's audit log."""
+    """A bus whose events are also appended to the audit log."""
     bus = EventBus(session=session)
-    bus.subscribe(AuditLog(paths.audit_log))
+    bus.subscribe(AuditLog(audit_log_path(paths)))
     return bus
 
 

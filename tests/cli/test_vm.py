@@ -69,3 +69,15 @@ def test_down_of_an_unknown_vm_says_so(cli):
     proc = cli("vm", "status", "cowork-nope-000000")
     assert proc.returncode == 2
     assert "no cowork VM named" in proc.stderr
+
+
+def test_events_go_to_the_audit_log_named_by_user_settings(cli, tmp_path):
+    from cowork.cli.common import audit_log_path
+    from cowork.paths import Paths
+
+    paths = Paths.under(tmp_path / "p")
+    assert audit_log_path(paths) == paths.audit_log
+    paths.config.mkdir(parents=True)
+    target = tmp_path / "elsewhere" / "audit.jsonl"
+    paths.user_settings_file.write_text(f'version = 1\n[audit]\nlog_path = "{target}"\n')
+    assert audit_log_path(paths) == target
