@@ -8,9 +8,11 @@ a command on it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,9 +116,10 @@ def _canary_files(markers: Path, url: str) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def canary(tmp_path: Path):
-    markers = tmp_path / "markers"
+@contextlib.contextmanager
+def make_canary(root: Path) -> Iterator[Canary]:
+    """A canary workspace, marker folder and listener under ``root`` (also for e2e tests)."""
+    markers = root / "markers"
     markers.mkdir()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
@@ -124,7 +127,7 @@ def canary(tmp_path: Path):
     listener = Listener(sock)
     thread = threading.Thread(target=listener.serve, daemon=True)
     thread.start()
-    workspace = tmp_path / "canary-workspace"
+    workspace = root / "canary-workspace"
     for rel, text in _canary_files(markers, listener.url).items():
         path = workspace / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,6 +138,12 @@ def canary(tmp_path: Path):
         listener.stop.set()
         thread.join(timeout=5)
         sock.close()
+
+
+@pytest.fixture
+def canary(tmp_path: Path) -> Iterator[Canary]:
+    with make_canary(tmp_path) as c:
+        yield c
 
 
 @pytest.fixture
