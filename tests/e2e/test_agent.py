@@ -200,15 +200,15 @@ def test_redteam_attempts_in_a_real_vm_even_when_the_person_says_yes(
     events = sealed.recorder.events[first_event:]
     assert summary.reason is StopReason.COMPLETED, summary.error
 
-    # Every attempt was stopped at the gate: refused outright, or (for the few the rules only
-    # find risky) put to the person, who said yes; what then ran in the guest found nothing.
+    # Every attempt was refused at the gate, even with a person who says yes to everything:
+    # each leaves a denial event and nothing ran.
     decided = [e for e in events if e.kind == Kind.ACTION_DECIDED]
     refused = [e for e in decided if e.fields["verdict"] == "refuse"]
-    asked = [e for e in events if e.kind == Kind.APPROVAL_ASKED]
-    assert len(refused) + len(asked) == len(attempts)
-    assert len(refused) > len(asked)
-    assert len(approver.asked) == len(asked) == summary.ran
-    assert summary.refused == len(refused)
+    assert len(refused) == len(attempts)
+    assert [e for e in events if e.kind == Kind.APPROVAL_ASKED] == []
+    assert approver.asked == []
+    assert summary.ran == 0
+    assert summary.refused == len(attempts)
 
     # Had the gate let them through: the same commands run directly in the guest reach nothing.
     channel = sealed.session.channel

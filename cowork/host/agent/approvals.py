@@ -18,11 +18,14 @@ while assessing refuses the action (fail closed).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import posixpath
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 from typing import Protocol
 from urllib.parse import urlsplit
 
@@ -67,6 +70,22 @@ _CREDENTIAL_PATH = re.compile(
     r"\bkeyring\s+get\b|/proc/[^/\s]+/environ|\bgnome-keyring)",
     re.IGNORECASE,
 )
+#: Well-known credential files, as a glob in a command might name them (``~/.a?s/c*``).
+_CREDENTIAL_FILES = (
+    ".aws/credentials", ".aws/config", ".ssh/id_rsa", ".ssh/id_ecdsa", ".ssh/id_ed25519",
+    ".ssh/id_dsa", ".netrc", ".git-credentials", ".docker/config.json", ".kube/config",
+    ".config/gcloud/credentials.db", ".pgpass", ".npmrc", ".pypirc", ".claude/.credentials.json",
+)  # fmt: skip
+_GLOB_CHARS = re.compile(r"[*?\[]")
+#: A file search by a credential-like name (``find / -name credentials``).
+_CREDENTIAL_SEARCH = re.compile(
+    r"\bfind\s+(/|~|\$\{?HOME)\S*\s.*-i?(name|path|wholename|regex)\s+\S*(aws|ssh|credential|"
+    r"id_rsa|id_ed25519|id_ecdsa|netrc|keyring)|\blocate\s+\S*(credential|id_rsa|\.aws|\.ssh)",
+    re.IGNORECASE,
+)
+_HOME_ANCHOR = re.compile(r"^(~|\$\{?HOME\}?)(?=/|$)")
+_HOMES = ("/home/agent", "/root", "/home/user")
+_BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{8,}={0,2}")
 _SECRET_ENV = re.compile(
     r"\$\{?[A-Z0-9_]*(API_KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY)[A-Z0-9_]*",
     re.IGNORECASE,
@@ -218,6 +237,48 @@ def _normalise(command: str) -> str:
     return re.sub(r"[\"'\\]", "", command)
 
 
+def _decoded_runs(text: str) -> list[str]:
+    """Text hidden in base64 runs of ``text`` (what ``echo … | base64 -d`` would produce)."""
+    out = []
+    for run in _BASE64_RUN.findall(text):
+        padded = run + "=" * (-len(run) % 4)
+        try:
+            decoded = base64.b64decode(padded, validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            continue
+        if decoded.isprintable():
+            out.append(decoded)
+    return out
+
+
+def _globs_a_credential_file(text: str) -> bool:
+    """True when a path glob (``~/.a?s/c*``) could match a well-known credential file."""
+    for token in _tokens(text):
+        if not _GLOB_CHARS.search(token):
+            continue
+        pattern = _HOME_ANCHOR.sub(_HOMES[0], token)
+        if not pattern.startswith("/"):
+            continue  # relative to /workspace: the agent's own files
+        for home in _HOMES:
+            for cred in _CREDENTIAL_FILES:
+                # PurePath.match: '*' stays within one path segment, as in the shell.
+                if PurePosixPath(f"{home}/{cred}").match(pattern):
+                    return True
+    return False
+
+
+def _reaches_credentials(command: str) -> bool:
+    norm = _normalise(command)
+    texts = [command, norm, *_decoded_runs(norm)]
+    return any(
+        _CREDENTIAL_PATH.search(t)
+        or _SECRET_ENV.search(t)
+        or _CREDENTIAL_SEARCH.search(t)
+        or _globs_a_credential_file(t)
+        for t in texts
+    )
+
+
 def _tokens(text: str) -> list[str]:
     return [t for t in re.split(r"[\s;&|()<>`=]+", text) if t]
 
@@ -293,14 +354,12 @@ class RuleAssessor:
         if not command.strip():
             return ROUTINE
         norm = _normalise(command)
-        for text in (command, norm):
-            if _CREDENTIAL_PATH.search(text) or _SECRET_ENV.search(text):
-                return Assessment(
-                    Risk.FORBIDDEN,
-                    "It tries to reach stored passwords, keys or secrets, which the agent "
-                    "never needs.",
-                    "credentials",
-                )
+        if _reaches_credentials(command):
+            return Assessment(
+                Risk.FORBIDDEN,
+                "It tries to reach stored passwords, keys or secrets, which the agent never needs.",
+                "credentials",
+            )
         urls = [m.group(0) for m in _URL.finditer(command)]
         if not urls:
             urls = [f"https://{m}" for m in _BARE_HOST_URL.findall(norm)]

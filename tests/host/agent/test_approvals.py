@@ -129,3 +129,28 @@ def test_admin_can_forbid_modes():
     assert settings.resolve_mode("deny-risky") is ApprovalMode.DENY_RISKY
     with pytest.raises(UsageError, match="unknown approval mode"):
         AgentSettings().resolve_mode("yolo")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "cat ~/.a?s/c*",  # a glob that matches a credential file
+        "cat /home/*/.ssh/id_*",
+        "p=$(echo fi5hd3MvY3JlZGVudGlhbHM= | base64 -d); eval cat $p",  # encoded path
+        "find / -name credentials -path '*aws*' 2>/dev/null | xargs cat",
+        "find ~ -iname '*id_rsa*'",
+    ],
+)
+def test_disguised_credential_access_is_forbidden(command):
+    assessment = RuleAssessor().assess(ToolCall("t1", "bash", {"command": command}))
+    assert assessment.risk is Risk.FORBIDDEN
+    assert "passwords, keys or secrets" in assessment.reason
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["du -sh * | sort -h", "find . -name '*.py'", "echo aGVsbG8gd29ybGQ= | base64 -d", "ls .*"],
+)
+def test_globs_and_base64_in_routine_work_are_not_mistaken_for_credential_access(command):
+    assessment = RuleAssessor().assess(ToolCall("t1", "bash", {"command": command}))
+    assert assessment.risk is not Risk.FORBIDDEN
