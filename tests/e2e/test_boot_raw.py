@@ -31,8 +31,9 @@ from cowork.paths import Paths
 pytestmark = pytest.mark.e2e
 
 BOOT_TIMEOUT = 180.0
-AGENT_UID = 4321
-AGENT_GID = 4322
+# As root, the shared folders are given to an ordinary uid (the agent is never root); a
+# normal user's QEMU runs as them and the agent gets their ids, as on a desktop.
+AGENT_UID, AGENT_GID = (4321, 4322) if os.getuid() == 0 else (os.getuid(), os.getgid())
 
 
 def _image() -> image.ImageInfo:
@@ -109,9 +110,10 @@ class Guest:
         self.user_claude.mkdir()
         (self.user_claude / "CLAUDE.md").write_text("be nice\n")
         # The shared folders belong to the user whose uid the agent gets (as on a desktop).
-        for top in (self.ws, self.user_claude):
-            for path in (top, *top.rglob("*")):
-                os.chown(path, AGENT_UID, AGENT_GID)
+        if os.getuid() == 0:
+            for top in (self.ws, self.user_claude):
+                for path in (top, *top.rglob("*")):
+                    os.chown(path, AGENT_UID, AGENT_GID)
         host_priv, self.host_pub = _keypair(root, "host_key")
         self.client_priv, client_pub = _keypair(root, "client_key")
         self.mounts = (
