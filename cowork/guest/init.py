@@ -500,10 +500,13 @@ def check_plain_path(target: str) -> None:
 def mount_shares(mounts: Sequence[Mount], log: Log) -> None:
     for mount in mounts:
         argv = mount_argv(mount)
-        check_plain_path(os.path.dirname(mount.target))
-        os.makedirs(mount.target, mode=0o755, exist_ok=True)
-        check_plain_path(mount.target)
-        _run(argv)
+        try:
+            check_plain_path(os.path.dirname(mount.target))
+            os.makedirs(mount.target, mode=0o755, exist_ok=True)
+            check_plain_path(mount.target)
+            _run(argv)
+        except Exception as exc:
+            raise RuntimeError(f"share {mount.tag} at {mount.target}: {exc}") from exc
         log(f"mounted {mount.tag} at {mount.target}{' read-only' if mount.readonly else ''}")
     check_mounts(mounts, Path("/proc/mounts").read_text(encoding="utf-8"))
 
