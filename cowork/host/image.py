@@ -384,7 +384,21 @@ def write_manifest(directory: Path, *, recipe: str, kernel_version: str) -> Imag
 
 
 # --- building ------------------------------------------------------------------------------------
-def check_tools(which: Callable[[str], str | None] = shutil.which) -> None:
+#: Build tools such as mkfs.ext4 live in sbin, which is not on a normal user's PATH on Debian.
+SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+def tool_search_path() -> str:
+    """PATH plus the sbin folders, for finding and running the build tools."""
+    parts = [p for p in os.environ.get("PATH", os.defpath).split(os.pathsep) if p]
+    return os.pathsep.join(parts + [d for d in SBIN_DIRS if d not in parts])
+
+
+def find_tool(name: str) -> str | None:
+    return shutil.which(name, path=tool_search_path())
+
+
+def check_tools(which: Callable[[str], str | None] = find_tool) -> None:
     """Raise ImageError naming the Debian package of every missing build tool."""
     missing = [(tool, pkg) for tool, pkg in BUILD_TOOLS.items() if which(tool) is None]
     if missing:
@@ -436,6 +450,7 @@ def _say(progress: Progress | None, n: int, text: str) -> None:
 def _run_logged(argv: list[str], log: IO[str], on_line: Callable[[str], None], tmpdir: Path) -> int:
     env = {
         **os.environ,
+        "PATH": tool_search_path(),
         "LC_ALL": "C.UTF-8",
         "DEBIAN_FRONTEND": "noninteractive",
         "TMPDIR": str(tmpdir),

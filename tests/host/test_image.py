@@ -341,3 +341,13 @@ def test_initrd_init_is_a_busybox_script_that_fails_loudly():
     assert text.startswith("#!/bin/busybox sh\n")
     assert "COWORK-FAILED" in text
     assert "switch_root /root" in text
+
+
+def test_build_tools_are_found_in_sbin_even_off_path(monkeypatch):
+    # A normal Debian user's PATH has no sbin, where mkfs.ext4 lives.
+    from cowork.host import image as image_mod
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    assert "/usr/sbin" in image_mod.tool_search_path().split(":")
+    if image_mod.shutil.which("mkfs.ext4", path="/usr/sbin:/sbin"):
+        assert image_mod.find_tool("mkfs.ext4") is not None
