@@ -8,7 +8,7 @@ VENV="${COWORK_VENV:-$COWORK_ROOT/.venv}"
 APT_PACKAGES=(
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
   gcc python3-dev python3-venv git ca-certificates
-  mmdebstrap debootstrap e2fsprogs uidmap cpio busybox-static
+  mmdebstrap debootstrap debian-archive-keyring e2fsprogs uidmap cpio busybox-static
   gnome-keyring dbus dbus-x11 libsecret-1-0
   libegl1 libgl1 libxkbcommon0 libfontconfig1 libfreetype6 libglib2.0-0 fonts-dejavu-core
 )
