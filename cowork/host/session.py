@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -304,20 +304,18 @@ class Session:
         created: list[Path] = []
         defined = False
         gateway: Gateway | None = None
+        channel: Channel | None = None
         try:
             sdir.mkdir(parents=True, mode=0o700)
             created.append(sdir)
             rdir.mkdir(parents=True, mode=0o700)
             created.append(rdir)
             ws_mod.ensure_workspace_claude(resolved)
-            shares = ws_mod.shares_for(resolved, claude)
-            shares = tuple(
-                replace(s, readonly=not settings.workspace_writable)
-                if s.tag == contract.TAG_WORKSPACE
-                else replace(s, readonly=not settings.claude_writable)
-                if s.tag == contract.TAG_USER_CLAUDE
-                else s
-                for s in shares
+            shares = ws_mod.shares_for(
+                resolved,
+                claude,
+                workspace_writable=settings.workspace_writable,
+                claude_writable=settings.claude_writable,
             )
 
             seed_env: dict[str, str] = {}
@@ -337,7 +335,7 @@ class Session:
                 agent_gid=identity.gid,
                 mounts=ws_mod.guest_mounts(shares),
                 env=seed_env,
-                ca_certs=tuple(ca_certs),
+                ca_certs=ca_certs,
                 guest_code=contract.guest_code_files(),
             )
             _write_private(sdir / SEED_FILE, contract.encode_seed(seed))
@@ -413,6 +411,8 @@ class Session:
                 gateway=gateway,
             )
         except BaseException as exc:
+            if channel is not None:
+                channel.close()
             if gateway is not None:
                 gateway.stop()
             if defined:

@@ -217,14 +217,21 @@ def ensure_workspace_claude(workspace: Path) -> Path:
     return claude
 
 
-def shares_for(workspace: Path, claude_dir: Path | None) -> tuple[Share, ...]:
-    """The shares of a session, in mount order."""
+def shares_for(
+    workspace: Path,
+    claude_dir: Path | None,
+    *,
+    workspace_writable: bool = True,
+    claude_writable: bool = False,
+) -> tuple[Share, ...]:
+    """The shares of a session, in mount order. The workspace's own ``.claude`` is always
+    read-only; the user's ``.claude`` is writable only if policy (the admin) says so."""
     shares = [
-        Share(contract.TAG_WORKSPACE, workspace, readonly=False),
+        Share(contract.TAG_WORKSPACE, workspace, readonly=not workspace_writable),
         Share(contract.TAG_WORKSPACE_CLAUDE, workspace / WORKSPACE_CLAUDE_DIR, readonly=True),
     ]
     if claude_dir is not None:
-        shares.append(Share(contract.TAG_USER_CLAUDE, claude_dir, readonly=True))
+        shares.append(Share(contract.TAG_USER_CLAUDE, claude_dir, readonly=not claude_writable))
     return tuple(shares)
 
 

@@ -152,3 +152,14 @@ def test_agent_identity(tmp_path):
         ws.agent_identity(proj)
     os.chown(proj, 4321, 4322)
     assert ws.agent_identity(proj) == ws.AgentIdentity(4321, 4322)
+
+
+def test_share_writability_follows_settings_but_workspace_claude_stays_read_only(tmp_path):
+    shares = ws.shares_for(
+        tmp_path / "p", tmp_path / "c", workspace_writable=False, claude_writable=True
+    )
+    assert [(s.tag, s.readonly) for s in shares] == [
+        (contract.TAG_WORKSPACE, True),
+        (contract.TAG_WORKSPACE_CLAUDE, True),
+        (contract.TAG_USER_CLAUDE, False),
+    ]
