@@ -14,7 +14,6 @@ from cowork.cli.common import add_workspace_arg, event_bus, progress
 from cowork.errors import CoworkError, UsageError
 from cowork.host import session as session_mod
 from cowork.host import workspace as ws_mod
-from cowork.host.events import Kind
 from cowork.host.session import Session, VMSettings
 from cowork.paths import Paths
 
@@ -113,17 +112,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
             err.write(data)
             err.flush()
 
-        sess.events.emit(Kind.COMMAND_STARTED, session=sess.name, command=command)
+        # The channel records command.started / command.finished events itself.
         result = sess.channel.run(
             command, timeout=args.timeout, on_stdout=to_stdout, on_stderr=to_stderr
-        )
-        sess.events.emit(
-            Kind.COMMAND_FINISHED,
-            session=sess.name,
-            command=command,
-            exited=result.exited,
-            duration=round(result.duration, 3),
-            timed_out=result.timed_out,
         )
         if result.timed_out:
             progress(f"the command was stopped after {args.timeout} s")

@@ -6,6 +6,7 @@ import os
 
 import pytest
 
+from cowork.host.events import Kind, read_log, verify_log
 from tests.cli.conftest import CLI
 from tests.e2e.conftest import make_workspace
 
@@ -35,6 +36,12 @@ def test_exec_streams_output_returns_the_exit_code_and_tears_down(cli, tmp_path)
     assert "to-stderr" in proc.stderr
     assert "ready in" in proc.stderr
     assert _sessions(cli) == [], "the session's overlay and files must be gone"
+    # The audit log holds each event once, in an intact hash chain.
+    log = cli.root / "data" / "cowork" / "audit.jsonl"
+    assert verify_log(log) == []
+    kinds = [e.kind for e in read_log(log)]
+    assert kinds.count(Kind.COMMAND_STARTED) == kinds.count(Kind.COMMAND_FINISHED) == 1
+    assert Kind.VM_READY in kinds and Kind.SESSION_ENDED in kinds
 
 
 def test_vm_up_exec_status_down(cli, tmp_path):
