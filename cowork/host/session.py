@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +41,7 @@ from cowork.host.egress.grants import Grant
 from cowork.host.events import EventBus, Kind
 from cowork.host.vm.accel import detect_accel
 from cowork.host.vm.backend import VMBackend
-from cowork.host.vm.spec import Accel, VMSpec
+from cowork.host.vm.spec import VMSpec
 from cowork.paths import (
     CHANNEL_SOCKET_FILE,
     CLIENT_KEY_FILE,
@@ -136,7 +136,6 @@ class SessionState:
     agent_uid: int
     agent_gid: int
     image_recipe: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _slug(text: str) -> str:
@@ -599,7 +598,6 @@ def destroy_session(
 
 
 __all__ = [
-    "Accel",
     "Session",
     "SessionState",
     "VMSettings",
