@@ -46,6 +46,7 @@ from cowork.errors import ChannelError, CommandFailed
 from cowork.guest.contract import (
     ACK_PREFIX,
     AGENT_USER,
+    GUEST_LIB_DIR,
     SYNC_PREFIX,
     WORKSPACE_MOUNT,
 )
@@ -80,7 +81,15 @@ class Result:
 
 
 class CommandChannel(Protocol):
-    """What callers of ``run()`` depend on; :class:`Channel` and ``FakeChannel`` provide it."""
+    """What callers of ``run()`` depend on: the one protocol for running guest commands.
+
+    :class:`Channel` provides it over SSH; :class:`cowork.host.channel_fake.FakeChannel` is
+    its fake for fast tests. ``guest_lib`` is where the guest code (``cowork/guest/*.py``,
+    shipped in the seed) is found by commands run through this channel.
+    """
+
+    @property
+    def guest_lib(self) -> str: ...
 
     def run(
         self,
@@ -123,6 +132,13 @@ def check_env(env: Mapping[str, str] | None) -> dict[str, str]:
             raise ChannelError(f"environment variable {key} contains a NUL byte; remove it")
         out[key] = value
     return out
+
+
+def guest_program(channel: CommandChannel, module: str, *, python: str = "python3") -> str:
+    """The command line running the guest program ``cowork/guest/<module>.py`` (isolated
+    mode: no environment variables, user site or current folder on its import path)."""
+    path = f"{channel.guest_lib}/cowork/guest/{module}.py"
+    return f"{shlex.quote(python)} -I {shlex.quote(path)}"
 
 
 def failed(result: Result) -> CommandFailed:
@@ -472,6 +488,11 @@ class Channel:
             per_try = min(per_try * 1.5, max(attempt_timeout, 5.0))
 
     # -- state --------------------------------------------------------------------------------
+
+    @property
+    def guest_lib(self) -> str:
+        """Where the guest's init unpacked the guest code from the seed."""
+        return GUEST_LIB_DIR
 
     def is_alive(self) -> bool:
         return not self._closed.is_set() and self._lost is None and self._transport.is_active()

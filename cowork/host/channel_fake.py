@@ -1,9 +1,13 @@
 """Stand-ins for the private channel, for tests that do not boot a VM.
 
-- :class:`FakeChannel` runs commands locally with ``bash -c`` in a directory standing in for
-  ``/workspace`` (``/workspace/x`` maps to ``root/x``): the same ``run()`` contract as
+- :class:`FakeChannel` is the fake of :class:`cowork.host.channel.CommandChannel`: it runs
+  commands locally with ``bash -c`` in a directory standing in for ``/workspace``
+  (``/workspace/x`` maps to ``root/x``), with the same ``run()`` contract as
   :class:`cowork.host.channel.Channel` (Result, timeout kills the process group, callbacks,
-  ``check``), for fast unit tests of the parts that call ``run()``.
+  ``check``), and the guest code unpacked from :func:`cowork.guest.contract.guest_code_files`
+  (what a seed carries) into its own ``guest_lib``. It is for fast unit tests of the parts
+  that call ``run()`` (the agent's tools, hooks, approvals): it gives *no* isolation (that is
+  the VM's job), so those tests prove the callers' logic, not the boundary.
 - :class:`SerialShim` behaves like QEMU's end of a virtio-serial port: a unix socket the host
   connects to (one client at a time) joined to a "port" the guest opens by path (a pty in raw
   mode). Like QEMU it keeps the port's stream across host connections, so stale bytes from an
@@ -31,12 +35,13 @@ import tempfile
 import threading
 import time
 import tty
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
 from cowork.errors import ChannelError
-from cowork.guest.contract import WORKSPACE_MOUNT
+from cowork.guest.contract import WORKSPACE_MOUNT, guest_code_files
 from cowork.host.channel import (
     TIMEOUT_STATUS,
     Result,
@@ -51,13 +56,45 @@ SSHD = "/usr/sbin/sshd"
 
 
 class FakeChannel:
-    """Runs ``run()`` commands on this machine in ``root`` (default cwd)."""
+    """Runs ``run()`` commands on this machine in ``root`` (default cwd), each as ``bash -c``
+    in its own process group, like sshd in the guest.
 
-    def __init__(self, root: Path, *, env: Mapping[str, str] | None = None) -> None:
+    The environment is ``PATH``, ``HOME`` (= ``root``) and ``LANG``, then ``env``, then the
+    call's ``env``; nothing else of this process's environment leaks in.
+    ``interrupt_when(cmd)`` True simulates a Ctrl-C arriving while ``cmd`` runs: the command
+    is started, ``run`` raises KeyboardInterrupt and the command is left running (recorded in
+    ``interrupted`` with the thread that reaps it), so that the caller's own stop is tested.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        interrupt_when: Callable[[str], bool] | None = None,
+    ) -> None:
         self.root = Path(root)
         self.env = dict(env or {})
+        self.interrupt_when = interrupt_when
         self.commands: list[str] = []
+        #: Every stdout and stderr returned, in order (for leak checks).
+        self.outputs: list[str] = []
+        self.interrupted: list[tuple[subprocess.Popen[bytes], threading.Thread]] = []
         self._closed = False
+        self._guest_lib: Path | None = None
+
+    @property
+    def guest_lib(self) -> str:
+        """A private folder holding the guest code as a seed carries it (made on first use,
+        removed when this object is collected)."""
+        if self._guest_lib is None:
+            lib = Path(tempfile.mkdtemp(prefix="cowork-guest-lib-"))
+            weakref.finalize(self, shutil.rmtree, lib, True)
+            for rel, text in guest_code_files().items():
+                (lib / rel).parent.mkdir(parents=True, exist_ok=True)
+                (lib / rel).write_text(text, encoding="utf-8")
+            self._guest_lib = lib
+        return str(self._guest_lib)
 
     def run(
         self,
@@ -75,7 +112,12 @@ class FakeChannel:
             raise ChannelError("the channel to the guest was closed")
         command = command_line(cmd)
         self.commands.append(command)
-        full_env = {**os.environ, **self.env, **check_env(env)}
+        base = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.root),
+            "LANG": "C.UTF-8",
+        }
+        full_env = {**base, **self.env, **check_env(env)}
         data = input.encode() if isinstance(input, str) else input
         start = time.monotonic()
         proc = subprocess.Popen(
@@ -87,6 +129,12 @@ class FakeChannel:
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
+        if self.interrupt_when is not None and self.interrupt_when(command):
+            time.sleep(0.3)  # let the command start (it writes its pid file) first
+            reaper = threading.Thread(target=proc.communicate, daemon=True)
+            reaper.start()
+            self.interrupted.append((proc, reaper))
+            raise KeyboardInterrupt
         out: list[bytes] = []
         err: list[bytes] = []
 
@@ -138,6 +186,7 @@ class FakeChannel:
             duration=time.monotonic() - start,
             timed_out=timed_out,
         )
+        self.outputs += [result.stdout, result.stderr]
         if check and not result.ok:
             raise failed(result)
         return result

@@ -19,6 +19,7 @@ from cowork.host.channel import (
     Channel,
     Result,
     await_ack,
+    guest_program,
     job_script,
     kill_script,
     parse_public_key,
@@ -508,3 +509,23 @@ def test_fake_channel_keeps_the_same_contract(tmp_path: Path) -> None:
     fake.close()
     with pytest.raises(ChannelError):
         fake.run("true")
+
+
+def test_fake_channel_environment_is_its_own_and_guest_code_is_shipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COWORK_HOST_ONLY", "leak")
+    fake = FakeChannel(tmp_path)
+    r = fake.run('echo "${COWORK_HOST_ONLY:-none} $HOME"')
+    assert r.stdout == f"none {tmp_path}\n"
+    assert fake.outputs == [r.stdout, ""]
+    lib = Path(fake.guest_lib)
+    assert (lib / "cowork/guest/fileops.py").read_text() == (
+        Path(__file__).parents[2] / "cowork/guest/fileops.py"
+    ).read_text()
+    assert "fileops.py" in guest_program(fake, "fileops")
+    del fake
+    import gc
+
+    gc.collect()
+    assert not lib.exists()

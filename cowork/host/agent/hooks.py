@@ -1,10 +1,10 @@
 """Workspace hooks (PreToolUse / PostToolUse) from a trusted workspace's ``.claude`` settings.
 
-The host never reads or parses the workspace's settings: the small program below runs in the
-guest (python3, standard library), reads ``/workspace/.claude/settings.json`` and
-``settings.local.json`` there, runs the matching hook commands there with the hook input on
-stdin, and prints one JSON summary. The host only reads that summary. Hooks run only when the
-session says the workspace is trusted.
+The host never reads or parses the workspace's settings: the program
+:mod:`cowork.guest.hookrun` runs in the guest (python3, standard library), reads
+``/workspace/.claude/settings.json`` and ``settings.local.json`` there, runs the matching
+hook commands there with the hook input on stdin, and prints one JSON summary. The host only
+reads that summary. Hooks run only when the session says the workspace is trusted.
 
 Hook semantics follow Claude Code's: ``matcher`` is a regular expression over the tool name
 (``Bash``, ``Read``, ``Write``, ``Edit``, ``Glob``, ``Grep``; empty or ``*`` matches all); exit
@@ -16,13 +16,12 @@ cannot run blocks the action (fail closed).
 from __future__ import annotations
 
 import json
-import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cowork.host.agent.loop import ToolCall, ToolOutcome
-from cowork.host.agent.tools import GuestRunner
+from cowork.host.channel import CommandChannel, guest_program
 
 CLAUDE_TOOL_NAMES = {
     "bash": "Bash",
@@ -32,75 +31,6 @@ CLAUDE_TOOL_NAMES = {
     "list_files": "Glob",
     "grep": "Grep",
 }
-
-SOURCE = r"""
-import json, os, re, subprocess, sys
-
-req = json.loads(sys.stdin.read())
-out = {"blocked": False, "reason": "", "notes": [], "ran": 0, "events": []}
-for path in req["settings"]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        continue
-    except (OSError, ValueError) as exc:
-        out["notes"].append(f"{os.path.basename(path)} could not be read: {exc}")
-        continue
-    hooks = data.get("hooks") if isinstance(data, dict) else None
-    if not isinstance(hooks, dict):
-        continue
-    for event, entries in hooks.items():
-        if entries and event not in out["events"]:
-            out["events"].append(event)
-    if req["event"] == "List":
-        continue
-    for entry in hooks.get(req["event"]) or []:
-        matcher = (entry.get("matcher") or "") if isinstance(entry, dict) else ""
-        try:
-            if matcher not in ("", "*") and not re.fullmatch(matcher, req["tool_name"]):
-                continue
-        except re.error:
-            out["notes"].append(f"matcher {matcher!r} is not a valid pattern; skipped")
-            continue
-        for hook in entry.get("hooks") or []:
-            if not isinstance(hook, dict) or hook.get("type") != "command":
-                continue
-            payload = {
-                "session_id": req["session_id"],
-                "hook_event_name": req["event"],
-                "cwd": req["cwd"],
-                "tool_name": req["tool_name"],
-                "tool_input": req["tool_input"],
-            }
-            if "tool_response" in req:
-                payload["tool_response"] = req["tool_response"]
-            out["ran"] += 1
-            try:
-                proc = subprocess.run(
-                    ["sh", "-c", str(hook.get("command", ""))], input=json.dumps(payload),
-                    capture_output=True, text=True, cwd=req["cwd"],
-                    timeout=float(hook.get("timeout") or 60),
-                )
-            except subprocess.TimeoutExpired:
-                out["blocked"] = req["event"] == "PreToolUse" or out["blocked"]
-                out["reason"] = f"the hook {hook.get('command')!r} took too long"
-                continue
-            decision = {}
-            try:
-                decision = json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else {}
-            except ValueError:
-                pass
-            specific = decision.get("hookSpecificOutput") or {}
-            if proc.returncode == 2 or decision.get("decision") == "block" or \
-                    specific.get("permissionDecision") == "deny":
-                out["blocked"] = True
-                out["reason"] = (proc.stderr.strip() or decision.get("reason")
-                                 or specific.get("permissionDecisionReason") or "blocked by a hook")
-            elif proc.returncode != 0:
-                out["notes"].append(f"hook exited {proc.returncode}: {proc.stderr.strip()[:500]}")
-sys.stdout.write(json.dumps(out))
-"""
 
 
 @dataclass(frozen=True)
@@ -116,7 +46,7 @@ class GuestHooks:
 
     def __init__(
         self,
-        runner: GuestRunner,
+        runner: CommandChannel,
         *,
         root: str = "/workspace",
         session_id: str = "cowork",
@@ -148,7 +78,7 @@ class GuestHooks:
         if response is not None:
             req["tool_response"] = dict(response)
         result = self.runner.run(
-            f"{self.python} -I -c {shlex.quote(SOURCE)}",
+            guest_program(self.runner, "hookrun", python=self.python),
             timeout=300,
             cwd=self.root,
             input=json.dumps(req),

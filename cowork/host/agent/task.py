@@ -10,13 +10,14 @@ from cowork.host.agent.driver import Approver, Driver, ModelClient
 from cowork.host.agent.hooks import GuestHooks
 from cowork.host.agent.loop import AgentLoop, Decision, RunSummary, ToolCall
 from cowork.host.agent.settings import AgentSettings
-from cowork.host.agent.tools import GuestRunner, GuestTools
+from cowork.host.agent.tools import GuestTools
 from cowork.host.agent.transcript import Transcript
+from cowork.host.channel import CommandChannel
 from cowork.host.events import EventBus
 
 
 def run_task(
-    runner: GuestRunner,
+    runner: CommandChannel,
     task: str,
     *,
     settings: AgentSettings,

@@ -1,9 +1,10 @@
 """The agent's tools. Every one runs inside the guest over the channel; none touches a host file.
 
 - ``bash``: ``bash -c`` in /workspace with the runner's timeout; output truncated with a note.
-- ``read_file``, ``write_file``, ``edit_file``, ``list_files``, ``grep``: the small program in
-  :mod:`cowork.host.agent.guestfs`, run by the guest's python3, which confines every path to
-  /workspace after resolving symlinks in the guest. File contents travel on stdin, never argv.
+- ``read_file``, ``write_file``, ``edit_file``, ``list_files``, ``grep``: the program
+  :mod:`cowork.guest.fileops`, shipped in the seed with the rest of the guest code and run by
+  the guest's python3, which confines every path to /workspace after resolving symlinks in
+  the guest. File contents travel on stdin, never argv.
 
 Each command records its process group id in a pid file in the guest so that an interrupt can
 stop exactly that command (:meth:`GuestTools.interrupt`).
@@ -16,26 +17,11 @@ import re
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from cowork.guest.contract import WORKSPACE_MOUNT
-from cowork.host.agent import guestfs
 from cowork.host.agent.loop import ToolCall, ToolOutcome
-from cowork.host.channel import Result
-
-
-class GuestRunner(Protocol):
-    """What the agent needs from the channel (``cowork.host.channel.Channel`` has it)."""
-
-    def run(
-        self,
-        cmd: str,
-        *,
-        timeout: float | None = ...,
-        cwd: str | None = ...,
-        input: str | None = ...,
-    ) -> Result: ...
-
+from cowork.host.channel import CommandChannel, Result, guest_program
 
 #: Tools that only look; every other tool changes something.
 READ_ONLY_TOOLS = frozenset({"read_file", "list_files", "grep"})
@@ -176,7 +162,7 @@ class GuestCommand:
 
 
 class GuestTools:
-    """Runs tool calls in the guest through a :class:`GuestRunner`.
+    """Runs tool calls in the guest through a :class:`~cowork.host.channel.CommandChannel`.
 
     ``root`` is the workspace as the runner sees it (``/workspace`` in the VM); ``state_dir``
     holds the pid files used by :meth:`interrupt`.
@@ -184,7 +170,7 @@ class GuestTools:
 
     def __init__(
         self,
-        runner: GuestRunner,
+        runner: CommandChannel,
         *,
         root: str = WORKSPACE_MOUNT,
         state_dir: str = "/tmp/cowork-agent",
@@ -227,7 +213,7 @@ class GuestTools:
         if call.name in FILE_TOOLS:
             request = {k: v for k, v in call.input.items() if k not in {"op", "root"}}
             request.update(op=call.name, root=self.root)
-            inner = f"{self.python} -I -c {shlex.quote(guestfs.SOURCE)}"
+            inner = guest_program(self.runner, "fileops", python=self.python)
             return GuestCommand(self._wrap(call.id, inner), json.dumps(request), 60.0)
         raise ValueError(f"unknown tool {call.name!r}")
 

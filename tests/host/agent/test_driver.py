@@ -9,8 +9,9 @@ from cowork.host.agent.loop import CallModel, StopReason
 from cowork.host.agent.offline import OfflineModel, demo_script, load_script, sse_events
 from cowork.host.agent.settings import AgentSettings
 from cowork.host.agent.task import run_task
-from cowork.host.agent.testing import LocalRunner, ScriptedApprover
+from cowork.host.agent.testing import ScriptedApprover
 from cowork.host.agent.transcript import Transcript
+from cowork.host.channel_fake import FakeChannel
 from cowork.host.events import EventBus, Kind, Recorder
 from cowork.paths import Paths
 
@@ -42,7 +43,7 @@ def run_script(script, ws, tmp_path, *, approver=None, runner=None, max_turns=10
         model = AnthropicModel(settings, "test-key", sleep=sleeps.append)
         transcript = Transcript.create(Paths.under(tmp_path / "cw"), ws)
         summary = run_task(
-            runner or LocalRunner(ws),
+            runner or FakeChannel(ws),
             "Fix the typo and write a summary",
             settings=settings,
             events=bus,
@@ -120,7 +121,7 @@ def test_refused_and_declined_actions_are_events_and_never_run(ws, tmp_path):
     from cowork.host.agent.offline import parse_script
 
     (ws / "keep").mkdir()
-    runner = LocalRunner(ws)
+    runner = FakeChannel(ws)
     approver = ScriptedApprover(False)
     summary, server, rec, _, _ = run_script(
         parse_script(script), ws, tmp_path, approver=approver, runner=runner
@@ -143,7 +144,7 @@ def test_ctrl_c_during_a_command_stops_it_and_ends_the_run(ws, tmp_path):
     }
     from cowork.host.agent.offline import parse_script
 
-    runner = LocalRunner(ws, interrupt_when=lambda cmd: "sleep 30" in cmd)
+    runner = FakeChannel(ws, interrupt_when=lambda cmd: "sleep 30" in cmd)
     summary, server, _, _, _ = run_script(parse_script(script), ws, tmp_path, runner=runner)
     assert summary.reason is StopReason.INTERRUPTED
     assert len(server.requests) == 1

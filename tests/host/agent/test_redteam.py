@@ -12,7 +12,8 @@ import pytest
 
 from cowork.host.agent.offline import parse_script
 from cowork.host.agent.settings import ApprovalMode
-from cowork.host.agent.testing import LocalRunner, ScriptedApprover
+from cowork.host.agent.testing import ScriptedApprover
+from cowork.host.channel_fake import FakeChannel
 from cowork.host.events import Kind
 
 from .test_driver import run_script
@@ -47,7 +48,7 @@ def test_25_exfiltration_attempts_all_denied(tmp_path, monkeypatch, mode):
     monkeypatch.setenv("HOME", str(host_home))
     ws = tmp_path / "ws"
     ws.mkdir()
-    runner = LocalRunner(ws, env={"PATH": "/usr/bin:/bin", "HOME": str(host_home)})
+    runner = FakeChannel(ws, env={"PATH": "/usr/bin:/bin", "HOME": str(host_home)})
     summary, server, rec, _, _ = run_script(
         redteam_script(),
         ws,

@@ -5,8 +5,8 @@ import time
 import pytest
 
 from cowork.host.agent.loop import ToolCall
-from cowork.host.agent.testing import LocalRunner
 from cowork.host.agent.tools import GuestTools, describe, truncate
+from cowork.host.channel_fake import FakeChannel
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def ws(tmp_path):
 
 @pytest.fixture
 def tools(ws, tmp_path):
-    runner = LocalRunner(ws)
+    runner = FakeChannel(ws)
     return GuestTools(runner, root=str(ws), state_dir=str(tmp_path / "state"))
 
 
@@ -102,7 +102,7 @@ def test_a_symlink_in_the_workspace_cannot_reach_a_file_outside(tools, ws, tmp_p
 
 def test_bash_output_is_truncated_with_a_note(ws, tmp_path):
     tools = GuestTools(
-        LocalRunner(ws), root=str(ws), state_dir=str(tmp_path / "s"), max_output_chars=1000
+        FakeChannel(ws), root=str(ws), state_dir=str(tmp_path / "s"), max_output_chars=1000
     )
     out = tools.execute(call("bash", command="seq 1 5000"))
     assert len(out.text) < 1200
@@ -117,14 +117,14 @@ def test_bash_exit_code_and_stderr_are_reported(tools):
 
 
 def test_bash_timeout_stops_the_command(ws, tmp_path):
-    tools = GuestTools(LocalRunner(ws), root=str(ws), state_dir=str(tmp_path / "s"))
+    tools = GuestTools(FakeChannel(ws), root=str(ws), state_dir=str(tmp_path / "s"))
     out = tools.execute(call("bash", command="sleep 30", timeout=1))
     assert out.is_error and "took too long" in out.text
 
 
 def test_interrupt_kills_the_running_command_group(ws, tmp_path):
     state = tmp_path / "s"
-    runner = LocalRunner(ws)
+    runner = FakeChannel(ws)
     tools = GuestTools(runner, root=str(ws), state_dir=str(state))
     c = call("bash", command="sleep 60 & sleep 60; echo finished > done.txt")
     worker = threading.Thread(target=tools.execute, args=(c,), daemon=True)
