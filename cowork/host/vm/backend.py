@@ -45,13 +45,34 @@ class VMStatus:
     started_at: float | None = None  # epoch seconds, when known
 
 
+class DiskFormat(enum.StrEnum):
+    """The format of a session's root disk that a backend can boot."""
+
+    QCOW2 = "qcow2"  # a copy-on-write overlay over the base image (``qemu-img create -b``)
+    RAW = "raw"  # a full raw image; on macOS an APFS clone of the raw base (``cp -c``)
+
+
 @dataclass(frozen=True)
 class BackendCapabilities:
+    """What a backend can do, as data: the session decides from this, never by probing.
+
+    A missing capability is a ``False``/empty field, never an attribute that is absent.
+    """
+
     name: str  # "libvirt", "vfkit"
     shared_folder_transports: tuple[str, ...]  # "9p", "virtiofs"
+    #: The host refuses every write to a share marked read-only. When False a read-only share
+    #: would be writable from the guest, so the session MUST refuse it.
     readonly_shares_enforced_by_host: bool
     channel_kinds: tuple[str, ...]  # "virtio-serial", "vsock"
-    accelerators: tuple[Accel, ...]  # usable on this host, best first
+    accelerators: tuple[Accel, ...]  # usable on this host, best first; () when implicit
+    #: The root disk the backend boots (``VMSpec.disk``).
+    disk_format: DiskFormat = DiskFormat.QCOW2
+    #: A read-only virtio-blk disk is enforced by the host (the seed relies on it).
+    readonly_disks_enforced_by_host: bool = True
+    #: Where this backend's VMs live, recorded in a session's state so a later command reaches
+    #: the same place (a libvirt URI, the vfkit state folder); "" when there is one place only.
+    location: str = ""
 
 
 @runtime_checkable

@@ -33,6 +33,7 @@ from cowork.host.vm.accel import DEV_KVM, detect_accel
 from cowork.host.vm.backend import (
     NAME_PREFIX,
     BackendCapabilities,
+    DiskFormat,
     UnsupportedError,
     VMState,
     VMStatus,
@@ -274,6 +275,8 @@ class LibvirtBackend:
                 readonly_shares_enforced_by_host=True,
                 channel_kinds=("virtio-serial",),
                 accelerators=accels,
+                disk_format=DiskFormat.QCOW2,
+                location=self.uri,
             )
         return self._capabilities
 
