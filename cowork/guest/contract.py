@@ -27,6 +27,9 @@ SEED_MAX_BYTES = 16 * 1024 * 1024
 
 #: Name of the virtio-serial port that carries the private SSH channel.
 CHANNEL_PORT = "org.cowork.channel.0"
+#: The vsock port the channel uses where the backend offers vsock instead of virtio-serial
+#: (vfkit on macOS). The guest side does not listen on it yet.
+CHANNEL_VSOCK_PORT = 2222
 #: The guest's unprivileged user that runs every command.
 AGENT_USER = "agent"
 AGENT_HOME = "/home/agent"
