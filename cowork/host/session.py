@@ -40,7 +40,7 @@ from cowork.host.egress.gateway import Gateway, GatewaySettings
 from cowork.host.egress.grants import Grant
 from cowork.host.events import EventBus, Kind
 from cowork.host.vm.accel import detect_accel
-from cowork.host.vm.backend import VMBackend
+from cowork.host.vm.backend import DiskFormat, UnsupportedError, VMBackend
 from cowork.host.vm.spec import VMSpec
 from cowork.paths import (
     CHANNEL_SOCKET_FILE,
@@ -316,6 +316,13 @@ class Session:
                 workspace_writable=settings.workspace_writable,
                 claude_writable=settings.claude_writable,
             )
+            ws_mod.check_shares_enforceable(shares, backend.capabilities)
+            if backend.capabilities.disk_format is not DiskFormat.QCOW2:
+                raise UnsupportedError(
+                    f"the {backend.capabilities.name} VM backend boots a "
+                    f"{backend.capabilities.disk_format} root disk; cowork only makes qcow2 "
+                    "session disks so far"
+                )
 
             seed_env: dict[str, str] = {}
             ca_certs: tuple[str, ...] = ()
@@ -388,7 +395,7 @@ class Session:
                 created_at=time.time(),
                 boot_seconds=round(boot_seconds, 2),
                 accel=choice.accel.value,
-                uri=getattr(backend, "uri", ""),
+                uri=backend.capabilities.location,
                 mounts=[asdict(m) | {"source": str(s.source)} for m, s in
                         zip(seed.mounts, shares, strict=True)],
                 host_public_key=host_pub,

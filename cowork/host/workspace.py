@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cowork.errors import WorkspaceError
 from cowork.guest import contract
+from cowork.host.vm.backend import BackendCapabilities
 from cowork.host.vm.spec import Share
 from cowork.paths import WORKSPACE_CLAUDE_DIR, Paths
 
@@ -233,6 +234,24 @@ def shares_for(
     if claude_dir is not None:
         shares.append(Share(contract.TAG_USER_CLAUDE, claude_dir, readonly=not claude_writable))
     return tuple(shares)
+
+
+def check_shares_enforceable(shares: tuple[Share, ...], caps: BackendCapabilities) -> None:
+    """Refuse (WorkspaceError) a read-only share the backend cannot keep read-only.
+
+    A share marked read-only that the host does not enforce would be writable from the
+    guest: it is refused, never mounted writable in its place.
+    """
+    if caps.readonly_shares_enforced_by_host:
+        return
+    readonly = [s for s in shares if s.readonly]
+    if readonly:
+        listed = ", ".join(f"{s.source} ({s.tag})" for s in readonly)
+        raise WorkspaceError(
+            f"the {caps.name} VM backend cannot keep a shared folder read-only, and this "
+            f"session shares read-only: {listed}. cowork refuses to start rather than let the "
+            "agent change them. Use a backend that enforces read-only shares (libvirt on Linux)."
+        )
 
 
 def guest_mounts(shares: tuple[Share, ...]) -> tuple[contract.Mount, ...]:

@@ -148,3 +148,73 @@ def test_session_names_are_slugs_of_the_folder():
     name = session_mod.new_session_name(Path("/home/u/My Taxes (2026)"))
     assert name.startswith("cowork-my-taxes-2026-")
     assert len(name) <= 63
+
+
+class NoReadOnlySharesBackend:
+    """A backend whose host cannot enforce read-only shares (as vfkit's virtio-fs)."""
+
+    def __init__(self, **caps: object) -> None:
+        from cowork.host.vm.backend import BackendCapabilities
+
+        fields: dict[str, object] = {
+            "name": "fakevz",
+            "shared_folder_transports": ("virtiofs",),
+            "readonly_shares_enforced_by_host": False,
+            "channel_kinds": ("vsock",),
+            "accelerators": (),
+        }
+        fields.update(caps)
+        self.capabilities = BackendCapabilities(**fields)  # type: ignore[arg-type]
+        self.calls: list[str] = []
+
+    def __getattr__(self, name):
+        def record(*_args, **_kw):
+            self.calls.append(name)
+            raise AssertionError(f"backend.{name} used although the session must be refused")
+
+        return record
+
+
+def test_a_read_only_share_the_backend_cannot_enforce_is_refused(
+    paths, fake_image, workspace, tmp_path
+):
+    claude = tmp_path / "claude"
+    claude.mkdir()
+    backend = NoReadOnlySharesBackend()
+    with pytest.raises(WorkspaceError) as err:
+        Session.open(
+            workspace, paths=paths, backend=backend,
+            settings=VMSettings(claude_dir=claude, accel="tcg"),
+        )  # fmt: skip
+    text = str(err.value)
+    assert "fakevz VM backend cannot keep a shared folder read-only" in text
+    assert f"{workspace / '.claude'} (cw-wsclaude)" in text and f"{claude} (cw-claude)" in text
+    assert backend.calls == []
+    assert list(paths.sessions.iterdir()) == [] and list(paths.runtime.iterdir()) == []
+
+
+def test_shares_check_passes_writable_shares_and_enforcing_backends(tmp_path):
+    from cowork.host import workspace as ws_mod
+
+    writable = ws_mod.shares_for(tmp_path, None)[:1]
+    ws_mod.check_shares_enforceable(writable, NoReadOnlySharesBackend().capabilities)
+    both = ws_mod.shares_for(tmp_path, tmp_path / "c")
+    enforcing = NoReadOnlySharesBackend(readonly_shares_enforced_by_host=True).capabilities
+    ws_mod.check_shares_enforceable(both, enforcing)
+    with pytest.raises(WorkspaceError, match="read-only"):
+        ws_mod.check_shares_enforceable(both, NoReadOnlySharesBackend().capabilities)
+
+
+def test_a_backend_needing_a_raw_root_disk_is_refused_clearly(paths, fake_image, workspace):
+    from cowork.host.vm.backend import DiskFormat, UnsupportedError
+
+    backend = NoReadOnlySharesBackend(
+        readonly_shares_enforced_by_host=True, disk_format=DiskFormat.RAW
+    )
+    with pytest.raises(UnsupportedError, match="boots a raw root disk"):
+        Session.open(
+            workspace, paths=paths, backend=backend,
+            settings=VMSettings(claude_dir=workspace / "none", accel="tcg"),
+        )  # fmt: skip
+    assert backend.calls == []
+    assert list(paths.sessions.iterdir()) == []
