@@ -29,8 +29,9 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -250,16 +251,7 @@ class VfkitBackend:
 
     @property
     def capabilities(self) -> BackendCapabilities:
-        return BackendCapabilities(
-            name=CAPABILITIES.name,
-            shared_folder_transports=CAPABILITIES.shared_folder_transports,
-            readonly_shares_enforced_by_host=CAPABILITIES.readonly_shares_enforced_by_host,
-            channel_kinds=CAPABILITIES.channel_kinds,
-            accelerators=CAPABILITIES.accelerators,
-            disk_format=CAPABILITIES.disk_format,
-            readonly_disks_enforced_by_host=CAPABILITIES.readonly_disks_enforced_by_host,
-            location=str(self.state_dir),
-        )
+        return replace(CAPABILITIES, location=str(self.state_dir))
 
     # --- files ----------------------------------------------------------------------------
     def vm_dir(self, name: str) -> Path:
@@ -455,12 +447,19 @@ class VfkitBackend:
         return body
 
     def _pid(self, name: str) -> int | None:
-        """The vfkit process of ``name`` if it is alive (reaped if it was our child)."""
+        """The vfkit process of ``name`` if it is alive (reaped if it was our child).
+
+        The recorded pid counts only while that process's command line still names this
+        VM's REST socket: a pid reused by another process is never signalled.
+        """
+        vdir = self.vm_dir(name)
         try:
-            pid = int((self.vm_dir(name) / PID_FILE).read_text().strip())
+            pid = int((vdir / PID_FILE).read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if pid > 1 and _alive(pid) else None
+        if pid <= 1 or not _alive(pid):
+            return None
+        return pid if f"unix://{vdir / REST_SOCKET_FILE}" in _command_line(pid) else None
 
     def _rest_state(self, name: str) -> VMState | None:
         try:
@@ -498,6 +497,22 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _command_line(pid: int) -> str:
+    """The command line of process ``pid`` ("" if unknown); ``ps`` works on macOS and Linux."""
+    try:
+        proc = subprocess.run(
+            ["ps", "-ww", "-o", "args=", "-p", str(pid)],  # -ww: never cut to a width
+            capture_output=True,
+            env={k: v for k, v in os.environ.items() if k != "COLUMNS"},
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
 def _raw_disk_problems(disk: Path) -> list[str]:

@@ -323,3 +323,21 @@ def test_destroy_forces_off_a_running_vm(short_tmp: Path, record: Path) -> None:
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     assert backend.list() == []
+
+
+def test_a_reused_pid_is_not_ours_and_is_never_signalled(short_tmp: Path) -> None:
+    import subprocess
+
+    spec = files_for(short_tmp)
+    backend, _ = backend_for(short_tmp)
+    backend.create(spec)
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (backend.state_dir / spec.name / PID_FILE).write_text(f"{other.pid}\n")
+        assert backend.status(spec.name).state is VMState.SHUTOFF
+        backend.stop(spec.name, timeout=0.1)
+        backend.destroy(spec.name)
+        assert other.poll() is None, "a process that is not this VM's vfkit was signalled"
+    finally:
+        other.kill()
+        other.wait()
