@@ -26,7 +26,7 @@ def audit_log_path(paths: Paths) -> Path:
 def event_bus(paths: Paths, session: str | None = None) -> EventBus:
     """A bus whose events are also appended to the audit log."""
     bus = EventBus(session=session)
-    bus.subscribe(AuditLog(audit_log_path(paths)))
+    bus.subscribe(AuditLog(audit_log_path(paths), anchors=paths.audit_anchors))
     return bus
 
 
