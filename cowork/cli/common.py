@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from cowork.host.events import AuditLog, EventBus
 from cowork.paths import Paths
@@ -26,8 +27,19 @@ def audit_log_path(paths: Paths) -> Path:
 def event_bus(paths: Paths, session: str | None = None) -> EventBus:
     """A bus whose events are also appended to the audit log."""
     bus = EventBus(session=session)
-    bus.subscribe(AuditLog(audit_log_path(paths), anchors=paths.audit_anchors))
+    audit = AuditLog(audit_log_path(paths), anchors=paths.audit_anchors)
+    audit.add_listener(_announce_refusal)
+    bus.subscribe(audit)
     return bus
+
+
+def _announce_refusal(line: dict[str, Any]) -> None:
+    """Beside every refusal, its event number and the commands that explain it."""
+    from cowork.host.why import short_notice
+
+    notice = short_notice(line)
+    if notice is not None:
+        progress(notice)
 
 
 def add_workspace_arg(parser: argparse.ArgumentParser, required: bool = True) -> None:

@@ -59,6 +59,13 @@ class Kind(enum.StrEnum):
     AGENT_FINISHED = "agent.finished"
     SESSION_STARTED = "session.started"
     SESSION_ENDED = "session.ended"
+    POLICY_IGNORED = "policy.ignored"
+    EXCEPTION_REQUESTED = "exception.requested"
+    EXPORT_DROPPED = "export.dropped"
+    GUEST_PROCESS = "guest.process"
+    GUEST_FILE = "guest.file"
+    GUEST_SOCKET = "guest.socket"
+    MONITOR_LOST = "monitor.lost"
 
 
 @dataclass(frozen=True)
