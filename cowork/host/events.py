@@ -166,9 +166,9 @@ class AuditLog:
         self.path = path
         self.anchors = anchors
         self._lock = threading.Lock()
-        self._listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._listeners: list[Callable[[dict[str, Any]], object]] = []
 
-    def add_listener(self, fn: Callable[[dict[str, Any]], None]) -> None:
+    def add_listener(self, fn: Callable[[dict[str, Any]], object]) -> None:
         with self._lock:
             self._listeners.append(fn)
 
@@ -176,7 +176,11 @@ class AuditLog:
         self.append(event)
 
     def append(self, event: Event) -> dict[str, Any]:
-        """Write ``event`` as the next line; returns the line as written."""
+        """Write ``event`` as the next line; returns the line as written.
+
+        Anchors and listeners run while the file lock is held, so they see lines in log
+        order; a listener must not append to this log itself.
+        """
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
@@ -189,18 +193,17 @@ class AuditLog:
                 obj["hash"] = _line_hash(obj)
                 line = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str) + "\n"
                 os.write(fd, line.encode())
+                if self.anchors is not None and event.kind == Kind.SESSION_ENDED:
+                    from cowork.host.audit import write_anchor
+
+                    write_anchor(self.anchors, self.path, obj)
+                for fn in self._listeners:
+                    try:
+                        fn(obj)
+                    except Exception:
+                        log.exception("audit log listener failed")
             finally:
                 os.close(fd)
-            listeners = list(self._listeners)
-        if self.anchors is not None and event.kind == Kind.SESSION_ENDED:
-            from cowork.host.audit import write_anchor
-
-            write_anchor(self.anchors, self.path, obj)
-        for fn in listeners:
-            try:
-                fn(obj)
-            except Exception:
-                log.exception("audit log listener failed")
         return obj
 
 
