@@ -27,6 +27,8 @@ SEED_MAX_BYTES = 16 * 1024 * 1024
 
 #: Name of the virtio-serial port that carries the private SSH channel.
 CHANNEL_PORT = "org.cowork.channel.0"
+#: Name of the root-only virtio-serial port the guest activity monitor writes to.
+MONITOR_PORT = "org.cowork.monitor.0"
 #: The guest's unprivileged user that runs every command.
 AGENT_USER = "agent"
 AGENT_HOME = "/home/agent"
