@@ -517,7 +517,16 @@ class Monitor:
                 batch.append({"t": "lost", "what": "records", "count": self.lost})
                 self.lost = 0
             seq += 1
-            batch.append({"t": "hb", "seq": seq, "time": time.time(), "queued": self.queue.qsize()})
+            cpu = os.times()
+            batch.append(
+                {
+                    "t": "hb",
+                    "seq": seq,
+                    "time": time.time(),
+                    "queued": self.queue.qsize(),
+                    "cpu_s": round(cpu.user + cpu.system, 3),
+                }
+            )
             self.write(
                 b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in batch)
             )

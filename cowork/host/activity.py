@@ -80,6 +80,7 @@ class MonitorReader:
         on_lost: Callable[[str], None] = lambda _r: None,
         heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
         hello_timeout: float = HELLO_TIMEOUT_S,
+        attached: bool = False,
     ) -> None:
         self.socket_path = socket_path
         self.bus = bus
@@ -90,6 +91,12 @@ class MonitorReader:
         self.tracker = CallTracker()
         self._unsubscribe = bus.subscribe(self.tracker)
         self.hello: dict[str, Any] | None = None
+        #: Attached to a running guest: its hello went to an earlier reader; any line will do.
+        self.attached = attached
+        self.alive = False
+        self.last_hb: dict[str, Any] | None = None
+        #: Host clock when each guest record arrived, with the record (for the benchmark).
+        self.on_record: Callable[[dict[str, Any], float], None] | None = None
         self.last_seen = time.monotonic()
         self.started = time.monotonic()
         self.lost_reason: str | None = None
@@ -146,13 +153,17 @@ class MonitorReader:
         if not isinstance(rec, dict):
             return
         self.last_seen = time.monotonic()
+        self.alive = True
         t = rec.get("t")
+        if self.on_record is not None:
+            self.on_record(rec, time.time())
         if t == "hello":
             if self.hello is not None:
                 self._lost("the guest activity monitor restarted (events may be missing)")
             self.hello = rec
             return
         if t == "hb":
+            self.last_hb = rec
             return
         if t == "lost":
             self.bus.emit(
@@ -173,9 +184,10 @@ class MonitorReader:
     def _watchdog(self) -> None:
         while not self._stop.wait(0.25):
             now = time.monotonic()
-            if self.hello is None and now - self.started > self.hello_timeout:
+            started = self.hello is not None or (self.attached and self.alive)
+            if not started and now - self.started > self.hello_timeout:
                 self._lost("the guest activity monitor never started")
-            elif self.hello is not None and now - self.last_seen > self.heartbeat_timeout:
+            elif started and now - self.last_seen > self.heartbeat_timeout:
                 self._lost(
                     f"the guest activity monitor stopped reporting "
                     f"(nothing for {now - self.last_seen:.0f} s)"
@@ -259,7 +271,13 @@ def timeline(lines: Iterable[Mapping[str, Any]], session: str | None = None) -> 
 
 
 def watch_session(
-    name: str, socket_path: Path, bus: EventBus, *, stop_vm: Callable[[], None], mode: str
+    name: str,
+    socket_path: Path,
+    bus: EventBus,
+    *,
+    stop_vm: Callable[[], None],
+    mode: str,
+    attached: bool = False,
 ) -> MonitorReader:
     """A reader for session ``name``; when the monitor is lost, ``mode`` "stop" stops the VM
     (fail closed) and "mark" only records ``monitor.lost`` (and every later event stands
@@ -270,4 +288,4 @@ def watch_session(
             log.error("session %s: %s; stopping the VM", name, reason)
             stop_vm()
 
-    return MonitorReader(socket_path, bus, name, on_lost=lost)
+    return MonitorReader(socket_path, bus, name, on_lost=lost, attached=attached)

@@ -463,10 +463,14 @@ class Session:
             timeout=timeout,
             events=events,
         )
-        return cls(
+        sess = cls(
             state=state, paths=paths, backend=backend, channel=channel, events=events,
             keep_overlay=False,
         )  # fmt: skip
+        mon = paths.session_runtime(name) / MONITOR_SOCKET_FILE
+        if mon.exists():  # sessions started before the monitor existed have no port
+            sess.monitor = _watch_monitor(name, mon, events, backend, paths, attached=True)
+        return sess
 
     def detach(self) -> None:
         """Close the channel but leave the VM running (``--keep``).
@@ -585,14 +589,19 @@ def find_for_workspace(paths: Paths, workspace: Path) -> SessionState | None:
 
 
 def _watch_monitor(
-    name: str, socket_path: Path, events: EventBus, backend: VMBackend, paths: Paths
+    name: str,
+    socket_path: Path,
+    events: EventBus,
+    backend: VMBackend,
+    paths: Paths,
+    attached: bool = False,
 ) -> MonitorReader:
     from cowork.host.activity import watch_session
     from cowork.host.policy import load_policy
 
     return watch_session(
         name, socket_path, events, stop_vm=lambda: backend.destroy(name),
-        mode=load_policy(paths).audit.monitor_lost,
+        mode=load_policy(paths).audit.monitor_lost, attached=attached,
     )  # fmt: skip
 
 

@@ -141,3 +141,21 @@ def test_a_monitor_that_never_starts_or_restarts_is_lost(tmp_path):
     finally:
         reader.stop()
         port.close()
+
+
+def test_an_attached_reader_needs_no_hello_but_still_a_heartbeat(tmp_path):
+    port = FakePort(tmp_path / "m.sock")
+    lost: list[str] = []
+    reader = MonitorReader(
+        tmp_path / "m.sock", EventBus(session="s"), "s", on_lost=lost.append,
+        heartbeat_timeout=1.0, hello_timeout=5.0, attached=True,
+    )  # fmt: skip
+    try:
+        port.send({"t": "hb", "seq": 7, "cpu_s": 0.5})
+        _wait(lambda: reader.last_hb is not None)
+        assert reader.last_hb["cpu_s"] == 0.5 and lost == []
+        _wait(lambda: bool(lost))
+        assert "stopped reporting" in lost[0]
+    finally:
+        reader.stop()
+        port.close()
