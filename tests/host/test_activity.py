@@ -80,6 +80,8 @@ def test_records_become_events_with_the_tool_call(tmp_path):
             {"t": "hb", "seq": 1, "time": 2.3},
         )
         _wait(lambda: len(rec.of(Kind.GUEST_SOCKET)) == 1)
+        # the audit log subscriber runs after the recorder: wait for its line too
+        _wait(lambda: "guest.socket" in (tmp_path / "audit.jsonl").read_text())
         (proc,) = rec.of(Kind.GUEST_PROCESS)
         assert proc.fields["call_id"] == "toolu_1" and proc.fields["job"] == "j1"
         assert proc.fields["argv"] == ["ls"] and proc.fields["guest_time"] == 2.0
