@@ -332,6 +332,11 @@ def audit_status_set_pid(pid: int) -> bytes:
     return struct.pack("=IIIIIIII", AUDIT_STATUS_ENABLED | AUDIT_STATUS_PID, 1, 1, pid, 0, 0, 0, 0)
 
 
+#: "Failures" that are not refusals: a non-blocking connect in progress, would-block, EINTR.
+NOT_FAILURES = frozenset({115, 11, 4})
+#: Socket families that are network: IPv4, IPv6, packet (raw frames).
+NET_FAMILIES = frozenset({2, 10, 17})
+
 _KV = re.compile(r'(\w+)=("[^"]*"|\S+)')
 
 
@@ -345,6 +350,8 @@ def parse_audit_syscall(text: str, names: dict[int, str]) -> dict[str, Any] | No
     if nr not in names or kv.get("success") != "no":
         return None
     exit_code = int(kv.get("exit", "0") or 0)
+    if -exit_code in NOT_FAILURES:
+        return None
     out: dict[str, Any] = {
         "t": "net",
         "syscall": names[nr],
@@ -433,7 +440,16 @@ class AuditNet:
             if addr:
                 self._pending[serial]["address"] = addr
         elif mtype == AUDIT_EOE and serial in self._pending:
-            out.append(self._pending.pop(serial))
+            rec = self._pending.pop(serial)
+            # Only network attempts: a socket() of a network family, or a connect/send to an
+            # IPv4/IPv6 address (local unix sockets failing is not the network).
+            network = (
+                rec.get("family") in NET_FAMILIES
+                if rec["syscall"] == "socket"
+                else "address" in rec
+            )
+            if network:
+                out.append(rec)
         return out
 
 

@@ -54,6 +54,8 @@ def test_audit_rule_and_records_parse():
     assert rec["errno"] == 1 and rec["type"] == socket.SOCK_RAW
     assert rec["exe"] == "/usr/bin/python3.11"
     assert m.parse_audit_syscall(text.replace("success=no", "success=yes"), {41: "socket"}) is None
+    in_progress = text.replace("exit=-1", "exit=-115")  # a non-blocking connect, not a failure
+    assert m.parse_audit_syscall(in_progress, {41: "socket"}) is None
     addr = (struct.pack("<H", socket.AF_INET) + struct.pack(">H", 443)
             + socket.inet_aton("1.2.3.4") + b"\0" * 8)  # fmt: skip
     assert m.parse_sockaddr(addr.hex()) == "1.2.3.4:443"
