@@ -56,6 +56,8 @@ HEARTBEAT_S = 1.0
 MAX_ARGS = 32
 MAX_ARG_LEN = 256
 QUEUE_MAX = 20000
+#: Directories watched at most (each holds a watch and an open descriptor).
+MAX_WATCHED_DIRS = 100000
 
 # --- netlink process connector ---------------------------------------------------------------
 NETLINK_CONNECTOR = 11
@@ -215,13 +217,43 @@ class Inotify:
             raise OSError(ctypes.get_errno(), "inotify_init1 failed")
         self.fd: int = fd
         self.paths: dict[int, str] = {}
+        self.pins: dict[int, int] = {}
+        self.unwatched = 0
         self._moves: dict[int, tuple[str, bool, float]] = {}
         self.watch_tree(self.root)
 
     def watch(self, path: str) -> None:
+        # 9p without a cache (how the workspace is mounted) gives every fresh lookup a new
+        # inode, and a watch belongs to an inode: holding the directory open pins its dentry,
+        # so later lookups reach the watched inode. Without that, changes in a subfolder
+        # created after the watch would go unseen.
+        if len(self.pins) >= MAX_WATCHED_DIRS:
+            self.unwatched += 1
+            return
+        try:
+            pin = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return
         wd = self._add(self.fd, os.fsencode(path), WATCH_MASK)
-        if wd >= 0:
-            self.paths[wd] = path
+        if wd < 0:
+            os.close(pin)
+            return
+        old = self.pins.pop(wd, None)
+        if old is not None:
+            os.close(old)
+        self.paths[wd] = path
+        self.pins[wd] = pin
+
+    def _forget(self, wd: int) -> None:
+        self.paths.pop(wd, None)
+        pin = self.pins.pop(wd, None)
+        if pin is not None:
+            os.close(pin)
+
+    def close(self) -> None:
+        for wd in list(self.pins):
+            self._forget(wd)
+        os.close(self.fd)
 
     def watch_tree(self, top: str) -> list[str]:
         """Watch ``top`` and every directory below it; returns the files already there."""
@@ -251,8 +283,8 @@ class Inotify:
             if mask & IN_Q_OVERFLOW:
                 out.append({"t": "lost", "what": "file events", "count": 1, "time": now})
                 continue
-            if mask & IN_IGNORED:
-                self.paths.pop(wd, None)
+            if mask & (IN_IGNORED | IN_DELETE_SELF):
+                self._forget(wd)
                 continue
             base = self.paths.get(wd)
             if base is None or not name:
@@ -269,6 +301,10 @@ class Inotify:
                 out.append(_file("modified", path, False, now))
             elif mask & IN_DELETE:
                 out.append(_file("deleted", path, is_dir, now))
+                if is_dir:
+                    for child_wd, p in list(self.paths.items()):
+                        if p == path:
+                            self._forget(child_wd)
             elif mask & IN_MOVED_FROM:
                 self._moves[cookie] = (path, is_dir, now)
             elif mask & IN_MOVED_TO:
@@ -611,7 +647,7 @@ class Monitor:
 
         finally:
             proc_sock.close()
-            os.close(files.fd)
+            files.close()
             if isinstance(net, AuditNet):
                 net.sock.close()
 
@@ -634,6 +670,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("usage: python3 -m cowork.guest.monitor PORT ROOT\n")
         return 2
     port, root = args
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     Monitor(root, open_port(port)).run()
     return 0
 
