@@ -33,8 +33,11 @@ OVERLAY_FILE = "overlay.qcow2"
 SEED_FILE = "seed.img"
 CONSOLE_LOG_FILE = "console.log"
 CHANNEL_SOCKET_FILE = "channel.sock"
+MONITOR_SOCKET_FILE = "monitor.sock"
 CLIENT_KEY_FILE = "client_key"
 WORKSPACE_CLAUDE_DIR = ".claude"
+AUDIT_ANCHORS_FILE = "audit-anchors.jsonl"
+EXPORT_QUEUE_DIR = "export-queue"
 WORKSPACE_CONFIG_FILES = (
     ".claude/settings.json",
     ".claude/settings.local.json",
@@ -117,6 +120,16 @@ class Paths:
     @property
     def transcripts(self) -> Path:
         return self.data / TRANSCRIPTS_DIR
+
+    @property
+    def audit_anchors(self) -> Path:
+        """Anchors of the audit log's hash chain: state folder, never shared into a VM."""
+        return self.state / AUDIT_ANCHORS_FILE
+
+    @property
+    def export_queue(self) -> Path:
+        """On-disk queue of audit records waiting for the organisation's collector."""
+        return self.state / EXPORT_QUEUE_DIR
 
     # --- sessions -----------------------------------------------------------------
     @property

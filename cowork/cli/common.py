@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from cowork.host.events import AuditLog, EventBus
+from cowork.host.events import AuditLog, EventBus, Kind
 from cowork.paths import Paths
+
+if TYPE_CHECKING:
+    from cowork.host.export import Exporter
 
 
 def progress(message: str) -> None:
@@ -26,8 +30,67 @@ def audit_log_path(paths: Paths) -> Path:
 def event_bus(paths: Paths, session: str | None = None) -> EventBus:
     """A bus whose events are also appended to the audit log."""
     bus = EventBus(session=session)
-    bus.subscribe(AuditLog(audit_log_path(paths)))
+    audit = AuditLog(audit_log_path(paths), anchors=paths.audit_anchors)
+    audit.add_listener(_announce_refusal)
+    exporter = _exporter(paths, audit.path)
+    if exporter is not None:
+        audit.add_listener(exporter.enqueue)
+    bus.subscribe(audit)
     return bus
+
+
+_EXPORTERS: dict[Path, Exporter] = {}
+
+
+def _exporter(paths: Paths, log_path: Path) -> Exporter | None:
+    """One exporter per process when ``audit.otel_endpoint`` is set; flushed at exit."""
+    import atexit
+
+    from cowork.host.export import Exporter, ExportSettings
+    from cowork.host.policy import load_policy
+
+    audit = load_policy(paths).audit
+    if audit.otel_endpoint is None:
+        return None
+    queue = paths.export_queue
+    if queue in _EXPORTERS:
+        return _EXPORTERS[queue]
+
+    def workspace_of(name: str) -> str | None:
+        from cowork.host.session import load_state
+
+        try:
+            return load_state(paths, name).workspace
+        except Exception:
+            return None
+
+    def dropped(count: int, first: int, last: int) -> None:
+        bus = EventBus()
+        bus.subscribe(AuditLog(log_path, anchors=paths.audit_anchors))
+        bus.emit(Kind.EXPORT_DROPPED, count=count, first_seq=first, last_seq=last)
+
+    exporter = Exporter(
+        ExportSettings(
+            endpoint=audit.otel_endpoint,
+            protocol=audit.otel_protocol,
+            queue_dir=queue,
+            max_bytes=audit.export_queue_mib * 1024 * 1024,
+        ),
+        workspace_of=workspace_of,
+        on_dropped=dropped,
+    )
+    _EXPORTERS[queue] = exporter
+    atexit.register(exporter.close, 3.0)
+    return exporter
+
+
+def _announce_refusal(line: dict[str, Any]) -> None:
+    """Beside every refusal, its event number and the commands that explain it."""
+    from cowork.host.why import short_notice
+
+    notice = short_notice(line)
+    if notice is not None:
+        progress(notice)
 
 
 def add_workspace_arg(parser: argparse.ArgumentParser, required: bool = True) -> None:

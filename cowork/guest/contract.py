@@ -30,6 +30,8 @@ CHANNEL_PORT = "org.cowork.channel.0"
 #: The vsock port the channel uses where the backend offers vsock instead of virtio-serial
 #: (vfkit on macOS). The guest side does not listen on it yet.
 CHANNEL_VSOCK_PORT = 2222
+#: Name of the root-only virtio-serial port the guest activity monitor writes to.
+MONITOR_PORT = "org.cowork.monitor.0"
 #: The guest's unprivileged user that runs every command.
 AGENT_USER = "agent"
 AGENT_HOME = "/home/agent"

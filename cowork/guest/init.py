@@ -618,6 +618,43 @@ def setup(log: Log) -> tuple[Seed, str]:
     return seed, f"{VIRTIO_PORTS_DIR}/{seed.channel_port}"
 
 
+# --- activity monitor --------------------------------------------------------------------------
+def start_activity_monitor(log: Log) -> int | None:
+    """Hide other users' processes, then start the activity monitor as root (before ready).
+
+    ``/proc`` is remounted ``hidepid=2``: the agent sees only its own processes, so it cannot
+    see the monitor, and as a non-root user it can neither signal nor ptrace it. The monitor
+    writes to its own root-only virtio-serial port; without that port (a host that did not
+    ask for it) nothing is started. Fails closed: an error here fails the boot.
+    """
+    _run(["/bin/mount", "-o", "remount,hidepid=2", "/proc"])
+    port = f"{VIRTIO_PORTS_DIR}/{contract.MONITOR_PORT}"
+    if not os.path.exists(port):
+        log("no activity monitor port: monitor not started")
+        return None
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the guest
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, set())
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+                signal.signal(sig, signal.SIG_DFL)
+            os.setsid()
+            null = os.open("/dev/null", os.O_RDWR)
+            os.dup2(null, 0)
+            logfd = log.fileno()
+            if logfd is not None:
+                os.dup2(logfd, 1)
+                os.dup2(logfd, 2)
+            from cowork.guest import monitor
+
+            monitor.main([port, contract.WORKSPACE_MOUNT])
+        except BaseException as exc:
+            log(f"activity monitor failed: {exc!r}")
+        os._exit(1)
+    log(f"activity monitor started (pid {pid}) on {port}")
+    return pid
+
+
 # --- PID 1 -------------------------------------------------------------------------------------
 def power_off() -> NoReturn:
     os.sync()
@@ -735,6 +772,12 @@ def main() -> NoReturn:
         reason = f"{type(exc).__name__}: {exc}"
         log(f"setup failed: {reason}")
         console(f"{FAILED_MARKER} {reason}")
+        shutdown(log)
+    try:
+        start_activity_monitor(log)
+    except Exception as exc:
+        log(f"activity monitor: {exc!r}")
+        console(f"{FAILED_MARKER} activity monitor: {exc}")
         shutdown(log)
     log(f"ready in {time.monotonic() - started:.2f} s after init start")
     console(f"{READY_MARKER} {seed.session}")

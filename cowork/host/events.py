@@ -15,6 +15,7 @@ Contract:
 from __future__ import annotations
 
 import enum
+import fcntl
 import hashlib
 import json
 import logging
@@ -58,6 +59,13 @@ class Kind(enum.StrEnum):
     AGENT_FINISHED = "agent.finished"
     SESSION_STARTED = "session.started"
     SESSION_ENDED = "session.ended"
+    POLICY_IGNORED = "policy.ignored"
+    EXCEPTION_REQUESTED = "exception.requested"
+    EXPORT_DROPPED = "export.dropped"
+    GUEST_PROCESS = "guest.process"
+    GUEST_FILE = "guest.file"
+    GUEST_SOCKET = "guest.socket"
+    MONITOR_LOST = "monitor.lost"
 
 
 @dataclass(frozen=True)
@@ -144,38 +152,81 @@ def _line_hash(obj: Mapping[str, Any]) -> str:
 
 
 class AuditLog:
-    """Append-only JSON-lines audit log with a hash chain. Use as a bus subscriber."""
+    """Append-only JSON-lines audit log with a hash chain. Use as a bus subscriber.
 
-    def __init__(self, path: Path) -> None:
+    Each line also carries ``seq``, its 1-based line number: the id ``cowork why`` and
+    ``cowork audit verify`` use. Appends take an exclusive ``flock`` and read the chain head
+    from the file's last line, so several cowork processes can share one log. Listeners
+    (:meth:`add_listener`) receive each written line (with ``seq`` and ``hash``) in order;
+    when ``anchors`` is given, each ``session.ended`` line is also recorded there as an
+    anchor (see :mod:`cowork.host.audit`).
+    """
+
+    def __init__(self, path: Path, anchors: Path | None = None) -> None:
         self.path = path
+        self.anchors = anchors
         self._lock = threading.Lock()
-        self._prev: str | None = None
+        self._listeners: list[Callable[[dict[str, Any]], object]] = []
 
-    def _last_hash(self) -> str:
-        if self._prev is not None:
-            return self._prev
-        last = GENESIS
-        if self.path.exists():
-            for obj in _read_lines(self.path):
-                last = str(obj.get("hash", last))
-        return last
+    def add_listener(self, fn: Callable[[dict[str, Any]], object]) -> None:
+        with self._lock:
+            self._listeners.append(fn)
 
     def __call__(self, event: Event) -> None:
         self.append(event)
 
-    def append(self, event: Event) -> None:
+    def append(self, event: Event) -> dict[str, Any]:
+        """Write ``event`` as the next line; returns the line as written.
+
+        Anchors and listeners run while the file lock is held, so they see lines in log
+        order; a listener must not append to this log itself.
+        """
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            obj = event.to_json()
-            obj["prev"] = self._last_hash()
-            obj["hash"] = _line_hash(obj)
-            line = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str) + "\n"
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                last = _last_line(fd)
+                obj = event.to_json()
+                obj["prev"] = str(last.get("hash", GENESIS)) if last else GENESIS
+                obj["seq"] = int(last.get("seq", 0)) + 1 if last else 1
+                obj["hash"] = _line_hash(obj)
+                line = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str) + "\n"
                 os.write(fd, line.encode())
+                if self.anchors is not None and event.kind == Kind.SESSION_ENDED:
+                    from cowork.host.audit import write_anchor
+
+                    write_anchor(self.anchors, self.path, obj)
+                for fn in self._listeners:
+                    try:
+                        fn(obj)
+                    except Exception:
+                        log.exception("audit log listener failed")
             finally:
                 os.close(fd)
-            self._prev = obj["hash"]
+        return obj
+
+
+def _last_line(fd: int) -> dict[str, Any] | None:
+    """The last JSON line of the open file ``fd`` (read backwards from the end)."""
+    end = os.lseek(fd, 0, os.SEEK_END)
+    chunk = b""
+    pos = end
+    while pos > 0:
+        step = min(65536, pos)
+        pos -= step
+        chunk = os.pread(fd, step, pos) + chunk
+        stripped = chunk.rstrip(b"\n")
+        if b"\n" in stripped or pos == 0:
+            raw = stripped.rsplit(b"\n", 1)[-1]
+            if not raw.strip():
+                return None
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                return None
+            return obj if isinstance(obj, dict) else None
+    return None
 
 
 def _read_lines(path: Path) -> Iterator[dict[str, Any]]:

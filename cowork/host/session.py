@@ -46,6 +46,7 @@ from cowork.paths import (
     CHANNEL_SOCKET_FILE,
     CLIENT_KEY_FILE,
     CONSOLE_LOG_FILE,
+    MONITOR_SOCKET_FILE,
     OVERLAY_FILE,
     SEED_FILE,
     SESSION_STATE_FILE,
@@ -53,6 +54,7 @@ from cowork.paths import (
 )
 
 if TYPE_CHECKING:
+    from cowork.host.activity import MonitorReader
     from cowork.host.policy import Policy, PolicyWatcher
     from cowork.host.secrets import Secrets
 
@@ -248,6 +250,8 @@ class Session:
         self.events = events
         self.keep_overlay = keep_overlay
         self._closed = False
+        #: Reads the guest activity monitor (set where the session is opened or attached).
+        self.monitor: MonitorReader | None = None
 
     # --- properties --------------------------------------------------------------
     @property
@@ -304,6 +308,7 @@ class Session:
         defined = False
         gateway: Gateway | None = None
         channel: Channel | None = None
+        monitor: MonitorReader | None = None
         try:
             sdir.mkdir(parents=True, mode=0o700)
             created.append(sdir)
@@ -356,6 +361,7 @@ class Session:
                 disk=overlay,
                 seed=sdir / SEED_FILE,
                 channel_socket=rdir / CHANNEL_SOCKET_FILE,
+                monitor_socket=rdir / MONITOR_SOCKET_FILE,
                 console_log=sdir / CONSOLE_LOG_FILE,
                 shares=shares,
                 cmdline=info.kernel_cmdline,
@@ -387,6 +393,7 @@ class Session:
                     f"({exc}); it has been destroyed. Last console lines:\n{tail}"
                 ) from exc
             boot_seconds = time.monotonic() - t0
+            monitor = _watch_monitor(name, rdir / MONITOR_SOCKET_FILE, events, backend, paths)
             if gateway is not None:
                 channel.reverse_forward(contract.PROXY_PORT, target=gateway.address)
             state = SessionState(
@@ -407,7 +414,7 @@ class Session:
             events.emit(
                 Kind.VM_READY, session=name, boot_seconds=state.boot_seconds, accel=state.accel
             )
-            return cls(
+            sess = cls(
                 state=state,
                 paths=paths,
                 backend=backend,
@@ -416,7 +423,11 @@ class Session:
                 keep_overlay=settings.keep_overlay,
                 gateway=gateway,
             )
+            sess.monitor, monitor = monitor, None
+            return sess
         except BaseException as exc:
+            if monitor is not None:
+                monitor.stop()
             if channel is not None:
                 channel.close()
             if gateway is not None:
@@ -459,10 +470,14 @@ class Session:
             timeout=timeout,
             events=events,
         )
-        return cls(
+        sess = cls(
             state=state, paths=paths, backend=backend, channel=channel, events=events,
             keep_overlay=False,
         )  # fmt: skip
+        mon = paths.session_runtime(name) / MONITOR_SOCKET_FILE
+        if mon.exists():  # sessions started before the monitor existed have no port
+            sess.monitor = _watch_monitor(name, mon, events, backend, paths, attached=True)
+        return sess
 
     def detach(self) -> None:
         """Close the channel but leave the VM running (``--keep``).
@@ -492,6 +507,8 @@ class Session:
             )  # fmt: skip
 
     def _stop_services(self) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
         try:
             if self.gateway is not None:
                 self.gateway.stop()
@@ -576,6 +593,23 @@ def find_for_workspace(paths: Paths, workspace: Path) -> SessionState | None:
         if state.workspace == resolved:
             return state
     return None
+
+
+def _watch_monitor(
+    name: str,
+    socket_path: Path,
+    events: EventBus,
+    backend: VMBackend,
+    paths: Paths,
+    attached: bool = False,
+) -> MonitorReader:
+    from cowork.host.activity import watch_session
+    from cowork.host.policy import load_policy
+
+    return watch_session(
+        name, socket_path, events, stop_vm=lambda: backend.destroy(name),
+        mode=load_policy(paths).audit.monitor_lost, attached=attached,
+    )  # fmt: skip
 
 
 def destroy_session(

@@ -149,6 +149,7 @@ class GateAddon:
             req = flow.request
             return {
                 "method": req.method,
+                "scheme": req.scheme if req.method != "CONNECT" else "https",
                 "host": req.host,
                 "port": req.port,
                 "path": redact_path(req.path) if req.method != "CONNECT" else "",

@@ -14,6 +14,7 @@ Contract:
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -128,6 +129,7 @@ def load_effective(
     """The effective policy for a session on ``workspace`` (or none); see module contract."""
     policy = build(paths, workspace, trust)
     if bus is not None:
+        _emit_ignored(bus, policy.notes, workspace)
         if policy.locked_down:
             bus.emit(Kind.POLICY_REJECTED, layer="admin", problems=list(policy.problems))
         bus.emit(
@@ -142,6 +144,31 @@ def load_effective(
             "\n".join(f"  - {p}" for p in policy.problems),
         )
     return policy
+
+
+_LOCKED_NOTE = re.compile(r"^(?P<layer>\w+): (?P<key>[a-z_]+\.[a-z_]+) is locked by admin policy")
+_UNTRUSTED_NOTE = re.compile(r"^workspace (?P<ws>.*): its configuration is not trusted; ignored$")
+
+
+def _emit_ignored(bus: EventBus, notes: tuple[str, ...], workspace: Path | None) -> None:
+    """A ``policy.ignored`` refusal event for each setting a lock or missing trust dropped."""
+    for note in notes:
+        locked = _LOCKED_NOTE.match(note)
+        if locked:
+            bus.emit(
+                Kind.POLICY_IGNORED,
+                cause="lock",
+                layer=locked["layer"],
+                key=locked["key"],
+                reason=note,
+            )
+        elif _UNTRUSTED_NOTE.match(note):
+            bus.emit(
+                Kind.POLICY_IGNORED,
+                cause="trust",
+                workspace=str(workspace) if workspace else None,
+                reason=note,
+            )
 
 
 def load_policy(paths: Paths, bus: EventBus | None = None) -> Policy:

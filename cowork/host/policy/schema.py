@@ -13,7 +13,8 @@ Shape (TOML)::
     [mounts]    workspace_writable, claude_dir, claude_writable
     [egress]    grants (list of Grant), deny_hosts, allow_websockets, max_body_mib
     [agent]     model, base_url, approval_mode, allowed_approval_modes, max_turns, max_tokens
-    [audit]     log_path, otel_endpoint
+    [audit]     log_path, otel_endpoint, exception_inbox, otel_protocol, export_queue_mib,
+                monitor_lost
 """
 
 from __future__ import annotations
@@ -137,6 +138,21 @@ class AgentSection(_Section):
 class AuditSection(_Section):
     log_path: Path | None = Field(default=None, description="Audit log; default in user data.")
     otel_endpoint: str | None = Field(default=None, description="OpenTelemetry collector URL.")
+    exception_inbox: Path | None = Field(
+        default=None,
+        description="Folder where 'cowork request-exception' writes requests for the admin.",
+    )
+    otel_protocol: Literal["http/protobuf", "grpc"] = Field(
+        default="http/protobuf", description="OTLP transport to otel_endpoint."
+    )
+    export_queue_mib: int = Field(
+        default=64, ge=1, le=4096, description="Largest on-disk queue while the collector is down."
+    )
+    monitor_lost: Literal["stop", "mark"] = Field(
+        default="stop",
+        description="When the guest activity monitor stops reporting: stop the session or "
+        "mark it (events say so) and keep going.",
+    )
 
     @field_validator("otel_endpoint")
     @classmethod

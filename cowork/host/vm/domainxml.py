@@ -110,6 +110,10 @@ def _channel(devices: ET.Element, spec: VMSpec) -> None:
     ch = _sub(devices, "channel", type="unix")
     _sub(ch, "source", mode="bind", path=str(spec.channel_socket))
     _sub(ch, "target", type="virtio", name=spec.channel_name)
+    if spec.monitor_socket is not None:
+        mon = _sub(devices, "channel", type="unix")
+        _sub(mon, "source", mode="bind", path=str(spec.monitor_socket))
+        _sub(mon, "target", type="virtio", name=spec.monitor_name)
 
 
 def _console(devices: ET.Element, spec: VMSpec) -> None:

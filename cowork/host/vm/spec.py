@@ -52,6 +52,9 @@ class VMSpec:
     channel_name: str = "org.cowork.channel.0"
     seed_serial: str = "cowork-seed"
     extra: dict[str, str] = field(default_factory=dict)
+    #: Host end of the guest activity monitor's port (root-only in the guest); None: no port.
+    monitor_socket: Path | None = None
+    monitor_name: str = "org.cowork.monitor.0"
 
     def problems(self) -> list[str]:
         out: list[str] = []
@@ -79,6 +82,15 @@ class VMSpec:
                 f"channel_socket {str(self.channel_socket)!r}: longer than {MAX_SOCKET_PATH} "
                 "bytes, too long for a unix socket; use a shorter runtime directory"
             )
+        if self.monitor_socket is not None:
+            if not self.monitor_socket.is_absolute():
+                out.append(f"monitor_socket {str(self.monitor_socket)!r}: must be absolute")
+            if len(str(self.monitor_socket).encode()) > MAX_SOCKET_PATH:
+                out.append(
+                    f"monitor_socket {str(self.monitor_socket)!r}: too long for a unix socket"
+                )
+            if not CHANNEL_RE.match(self.monitor_name) or self.monitor_name == self.channel_name:
+                out.append(f"monitor_name {self.monitor_name!r}: use its own port name")
         if not CHANNEL_RE.match(self.channel_name):
             out.append(f"channel_name {self.channel_name!r}: use letters, digits, '.', '_', '-'")
         seen: set[str] = set()

@@ -45,6 +45,12 @@ CASES = {
     "kvm": (make_spec(accel=Accel.KVM, cpus=4, memory_mib=2048, shares=THREE_SHARES), SESSION),
     "system_mode_dac": (make_spec(shares=THREE_SHARES), SYSTEM),
     "no_shares": (make_spec(), SESSION),
+    "with_monitor": (
+        make_spec(
+            shares=THREE_SHARES, monitor_socket=Path("/run/user/1000/cowork/golden/monitor.sock")
+        ),
+        SESSION,
+    ),
 }
 
 
@@ -85,8 +91,11 @@ def assert_sealed(xml: str, spec: VMSpec) -> ET.Element:
     assert disks[1].find("readonly") is not None
     assert disks[1].findtext("serial") == spec.seed_serial
     channels = root.findall("devices/channel")
-    assert len(channels) == 1
+    assert len(channels) == (1 if spec.monitor_socket is None else 2)
     assert channels[0].find("source").get("path") == str(spec.channel_socket)  # type: ignore[union-attr]
+    if spec.monitor_socket is not None:  # the monitor's own port, also a unix socket on the host
+        assert channels[1].find("source").get("path") == str(spec.monitor_socket)  # type: ignore[union-attr]
+        assert channels[1].find("target").get("name") == spec.monitor_name  # type: ignore[union-attr]
     return root
 
 
