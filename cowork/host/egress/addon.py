@@ -60,17 +60,18 @@ _CONNECT_REFUSED = "cowork egress refused the connection: "
 
 
 class Services(Protocol):
-    """What the addon needs from the host. Every call may block; every call may raise."""
+    """What the addon needs from the host. Every call may wait (bounded by its own timeout,
+    concurrently with the others) and may raise; the addon denies on any exception."""
 
-    def grants(self) -> Sequence[Grant]: ...
+    async def grants(self) -> Sequence[Grant]: ...
 
-    def resolve(self, host: str, port: int) -> list[str]: ...
+    async def resolve(self, host: str, port: int) -> list[str]: ...
 
-    def address_allowed(self, address: str) -> bool: ...
+    async def address_allowed(self, address: str) -> bool: ...
 
-    def secret(self, credential_id: str) -> str: ...
+    async def secret(self, credential_id: str) -> str: ...
 
-    def emit(self, kind: str, fields: dict[str, Any]) -> None: ...
+    async def emit(self, kind: str, fields: dict[str, Any]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -176,11 +177,11 @@ class GateAddon:
 
     # --- helpers ------------------------------------------------------------------------
     async def _call(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.to_thread(fn, *args)
+        return await fn(*args)
 
     async def _emit(self, kind: str, **fields: Any) -> None:
         try:
-            await self._call(self._services.emit, kind, fields)
+            await self._services.emit(kind, fields)
         except Exception:
             log.warning("could not deliver an egress event (%s)", kind)
 
