@@ -90,6 +90,7 @@ class _Client:
     connected: float
     authed: bool = False
     flows: int = 0
+    doomed: bool = False  # to be closed; retried until the engine reports it gone
 
 
 def _decompressors() -> dict[str, Callable[[bytes], bytes]]:
@@ -158,7 +159,7 @@ class GateAddon:
         token: str,
         websockets: bool,
         limits: Limits | None = None,
-        close_client: Callable[[str], None] | None = None,
+        close_client: Callable[[str], bool] | None = None,
         last_activity: Callable[[str], float | None] | None = None,
     ) -> None:
         self._services = services
@@ -236,13 +237,16 @@ class GateAddon:
             client.error = "internal error in the egress gate"
 
     def _close(self, client_id: str, why: str) -> None:
-        self._clients.pop(client_id, None)
-        if self._close_client is None:
+        state = self._clients.get(client_id)
+        if state is None or self._close_client is None:
             return
+        state.doomed = True
         try:
-            self._close_client(client_id)
+            if self._close_client(client_id):
+                return
         except Exception:
             log.warning("egress: could not close a client connection (%s)", why)
+        # Not closable yet (its handler is still starting): the sweep tries again.
 
     def _mark_authed(self, client: connection.Client) -> bool:
         """Record that ``client`` presented the token; False when over the client limit."""
@@ -259,6 +263,9 @@ class GateAddon:
         """Close connections past their deadline (called every half second)."""
         now = time.monotonic() if now is None else now
         for cid, c in list(self._clients.items()):
+            if c.doomed:
+                self._close(cid, "closing")
+                continue
             if not c.authed:
                 if now - c.connected > self._limits.auth_timeout:
                     self._close(cid, "no proxy token in time")

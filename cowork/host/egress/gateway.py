@@ -529,15 +529,21 @@ async def _serve(
     master: Any = Master(options.Options(), with_termlog=False)
     ps: Any = proxyserver.Proxyserver()  # type: ignore[no-untyped-call]
 
-    def close_client(client_id: str) -> None:
+    def close_client(client_id: str) -> bool:
+        """Close a client connection; False when it cannot be closed yet (try again)."""
         handler = ps.connections.get(client_id)
         if handler is None:
-            return
+            return False
         io = handler.transports.get(handler.client)
-        if io is not None and io.handler is not None:
-            io.handler.cancel("closed by cowork egress")
-        else:  # still in its client_connected hook: the engine closes it right after
-            handler.client.error = "closed by cowork egress"
+        if io is not None and io.writer is not None:
+            # Close the socket itself: the engine then sees the peer gone and cleans up.
+            # (Cancelling its task is not enough: a task cancelled before its first step
+            # never closes the socket.)
+            io.writer.close()
+            return True
+        # Still in its client_connected hook: the engine closes it right after.
+        handler.client.error = "closed by cowork egress"
+        return False
 
     def last_activity(client_id: str) -> float | None:
         handler = ps.connections.get(client_id)

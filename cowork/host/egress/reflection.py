@@ -6,8 +6,9 @@ editing it: a 502 reaches the guest, never a partly scrubbed body.
 
 Detected, in response headers, trailers, the (decoded) body and websocket messages:
 
-- the raw secret and any window of it at least half its length (min. 16 characters),
-  in any letter case;
+- the raw secret, and any window of its random part (what follows a readable prefix such as
+  ``sk-ant-api03-``) of half that part's length or 12 characters, whichever is longer, in
+  any letter case;
 - percent-encoding (either hex case, ``+`` or ``%20`` for space), JSON ``\\u``/``\\x``
   escapes and HTML character references, also mixed and nested up to three levels;
 - hexadecimal (either case);
@@ -21,8 +22,8 @@ Detected, in response headers, trailers, the (decoded) body and websocket messag
 Not detected (limits, documented in the README): encryption or any keyed transform, other
 encodings (base32, base85, decimal character codes, ROT13, XOR, reversed text), a secret split
 across several responses or websocket messages, or interleaved with other characters, images,
-and windows shorter than half the secret. Refusing reflection is a second line; the first is
-that credentials are bound to hosts that do not echo them.
+and windows of the random part shorter than described above. Refusing reflection is a second
+line; the first is that credentials are bound to hosts that do not echo them.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from urllib.parse import quote, quote_plus
 #: Most bytes a body may expand to while looking inside nested compression.
 MAX_EXPANDED = 64 * 1024 * 1024
 MAX_NESTING = 3
-MIN_WINDOW = 16
+MIN_WINDOW = 12
+_PREFIX_RE = re.compile(r"^(?:[A-Za-z]+[0-9]*[-_])+")
 
 Decompressor = Callable[[bytes], bytes]
 log = logging.getLogger(__name__)
@@ -84,9 +86,11 @@ class Needles:
     def __init__(self, secret: str) -> None:
         raw = secret.encode()
         windows: set[str] = {secret}
-        size = max(MIN_WINDOW, len(secret) // 2)
-        if len(secret) > size:
-            windows.update(secret[i : i + size] for i in range(0, len(secret) - size + 1))
+        m = _PREFIX_RE.match(secret)
+        rand = secret[m.end() :] if m else secret
+        size = max(MIN_WINDOW, len(rand) // 2)
+        if len(rand) > size:
+            windows.update(rand[i : i + size] for i in range(0, len(rand) - size + 1))
         caseless: set[bytes] = set()
         for w in windows:
             wb = w.encode()
