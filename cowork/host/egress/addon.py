@@ -55,7 +55,6 @@ from cowork.host.egress.reflection import Needles, reflects
 log = logging.getLogger(__name__)
 
 PROXY_USER = "cowork"
-REDACTED = b"[redacted by cowork]"
 _CONNECT_REFUSED = "cowork egress refused the connection: "
 
 
@@ -88,6 +87,7 @@ class Limits:
 @dataclass
 class _Client:
     connected: float
+    seq: int = 0  # arrival order (clock readings can tie)
     authed: bool = False
     flows: int = 0
     doomed: bool = False  # to be closed; retried until the engine reports it gone
@@ -171,6 +171,7 @@ class GateAddon:
         self._clients: dict[str, _Client] = {}
         self._authed: set[str] = set()
         self._sweeper: asyncio.Task[None] | None = None
+        self._seq = 0
         self._tunnels: dict[str, tuple[str, int]] = {}
         self._approved: dict[str, set[tuple[str, int]]] = {}
         self._flows: dict[str, _FlowState] = {}
@@ -226,8 +227,11 @@ class GateAddon:
 
     def client_connected(self, client: connection.Client) -> None:
         try:
-            self._clients[client.id] = _Client(connected=time.monotonic())
-            pending = sorted((c.connected, cid) for cid, c in self._clients.items() if not c.authed)
+            self._seq += 1
+            self._clients[client.id] = _Client(connected=time.monotonic(), seq=self._seq)
+            pending = sorted(
+                (c.seq, cid) for cid, c in self._clients.items() if not c.authed and not c.doomed
+            )
             # Too many connections without a token: close the oldest, never the newest, so a
             # flood of idle connections cannot keep out a client that authenticates at once.
             for _, cid in pending[: max(0, len(pending) - self._limits.max_pending)]:

@@ -155,17 +155,23 @@ def _unescape(data: bytes) -> bytes:
     return data
 
 
-def _looks_compressed(data: bytes) -> list[str]:
-    if data.startswith(b"\x1f\x8b"):
-        return ["gzip"]
-    if data.startswith(b"\x28\xb5\x2f\xfd"):
-        return ["zstd"]
-    if len(data) >= 2 and data[0] & 0x0F == 8 and (data[0] << 8 | data[1]) % 31 == 0:
-        return ["deflate"]
-    # Brotli has no magic number: try it on anything binary-looking.
+_MAGIC = re.compile(rb"\x1f\x8b\x08|\x28\xb5\x2f\xfd|\x78[\x01\x5e\x9c\xda]")
+#: Most places inside one part where a compressed stream is tried.
+MAX_CANDIDATES = 32
+
+
+def _candidates(data: bytes) -> list[tuple[str, bytes]]:
+    """(kind, data from there) for every place a compressed stream may start, at any offset."""
+    out: list[tuple[str, bytes]] = []
+    for m in _MAGIC.finditer(data):
+        kind = {b"\x1f": "gzip", b"\x28": "zstd"}.get(m.group()[:1], "deflate")
+        out.append((kind, data[m.start() :]))
+        if len(out) >= MAX_CANDIDATES:
+            break
+    # Brotli has no magic number: try it on a whole part that does not look like text.
     if data and not data[:64].isascii():
-        return ["br"]
-    return []
+        out.append(("br", data))
+    return out
 
 
 def _expansions(
@@ -173,12 +179,12 @@ def _expansions(
 ) -> Iterable[bytes]:
     if depth >= MAX_NESTING:
         return
-    for kind in _looks_compressed(data):
+    for kind, tail in _candidates(data):
         fn = decompressors.get(kind)
         if fn is None:
             continue
         try:
-            inner = fn(data)
+            inner = fn(tail)
         except TooLargeToCheck:
             raise
         except Exception:  # not actually compressed this way

@@ -749,3 +749,15 @@ def test_connect_to_unknown_port_still_makes_no_query(env: Env) -> None:
     sock.close()
     assert status == 403
     assert_nothing_left(env)
+
+
+def test_refused_and_reflected_requests_do_not_use_up_a_connection(env: Env) -> None:
+    with client(env) as c:
+        codes = [c.post(url(env, "api.allowed.test", "/v1/files"), content=b"{}").status_code]
+        codes += [
+            c.get(url(env, "echo.allowed.test", "/echo/reflect/raw")).status_code for _ in range(20)
+        ]
+        codes += [c.post(url(env, "api.allowed.test", "/v1/files"), content=b"{}").status_code]
+        last = c.post(url(env, "api.allowed.test", "/v1/messages"), content=b"{}")
+    assert set(codes) == {403, 502}
+    assert last.status_code == 200
