@@ -73,6 +73,10 @@ class Services(Protocol):
     async def emit(self, kind: str, fields: dict[str, Any]) -> None: ...
 
 
+MAX_PENDING_EVENTS = 1024
+EVENT_WAIT = 1.0
+
+
 @dataclass(frozen=True)
 class Limits:
     """Per-client bounds of the gateway (seconds, counts)."""
@@ -172,6 +176,7 @@ class GateAddon:
         self._authed: set[str] = set()
         self._sweeper: asyncio.Task[None] | None = None
         self._seq = 0
+        self._pending_events: set[asyncio.Task[None]] = set()
         self._tunnels: dict[str, tuple[str, int]] = {}
         self._approved: dict[str, set[tuple[str, int]]] = {}
         self._flows: dict[str, _FlowState] = {}
@@ -182,6 +187,21 @@ class GateAddon:
         return await fn(*args)
 
     async def _emit(self, kind: str, **fields: Any) -> None:
+        """Send an event, waiting at most :data:`EVENT_WAIT` seconds for it: normally it is
+        recorded before the response leaves; a slow audit log delays a request by at most
+        that, and delivery goes on in the background.
+
+        At most :data:`MAX_PENDING_EVENTS` are in flight; beyond that one is dropped and said
+        so in the gateway's log (the decision itself is never affected)."""
+        if len(self._pending_events) >= MAX_PENDING_EVENTS:
+            log.error("egress: the event log is not keeping up; an event (%s) was dropped", kind)
+            return
+        task = asyncio.get_running_loop().create_task(self._deliver(kind, fields))
+        self._pending_events.add(task)
+        task.add_done_callback(self._pending_events.discard)
+        await asyncio.wait({task}, timeout=EVENT_WAIT)
+
+    async def _deliver(self, kind: str, fields: dict[str, Any]) -> None:
         try:
             await self._services.emit(kind, fields)
         except Exception:

@@ -382,6 +382,7 @@ class Env:
     gateway_ca: Path
     fault: list[bool] = field(default_factory=lambda: [False])
     start_gateway: Callable[[GatewaySettings], Gateway] | None = None
+    bus: EventBus | None = None
 
     def reset(self) -> None:
         for u in (self.upstream, self.plain, self.loopback_upstream):
@@ -501,6 +502,7 @@ def egress_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         ca_path,
         fault,
         start_gateway,
+        bus,
     )
     try:
         yield env

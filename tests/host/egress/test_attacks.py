@@ -761,3 +761,30 @@ def test_refused_and_reflected_requests_do_not_use_up_a_connection(env: Env) -> 
         last = c.post(url(env, "api.allowed.test", "/v1/messages"), content=b"{}")
     assert set(codes) == {403, 502}
     assert last.status_code == 200
+
+
+def test_a_stuck_audit_log_does_not_stall_the_gateway(env: Env) -> None:
+    assert env.bus is not None
+    release = threading.Event()
+
+    def stuck(event: object) -> None:
+        release.wait(60)
+
+    unsubscribe = env.bus.subscribe(stuck)
+    try:
+        with client(env) as c:
+            codes = [
+                c.post(url(env, "api.allowed.test", "/v1/messages"), content=b"{}").status_code
+                for _ in range(3)
+            ]
+            codes.append(c.post(url(env, "api.allowed.test", "/v1/files")).status_code)
+        assert codes == [200, 200, 200, 403]
+    finally:
+        release.set()
+        unsubscribe()
+    for _ in range(200):  # delivered once the log recovers
+        if len(env.recorder.events) >= 4:
+            break
+        time.sleep(0.05)
+    kinds = sorted(str(e.kind) for e in env.recorder.events)
+    assert kinds == ["egress.allowed"] * 3 + ["egress.denied"]
