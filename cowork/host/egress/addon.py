@@ -86,6 +86,7 @@ class Limits:
     max_pending: int = 32  # connections that have not authenticated yet
     max_clients: int = 256  # authenticated connections
     flows_per_client: int = 16  # requests in flight on one connection
+    max_unauthenticated_bytes: int = 64 * 1024  # read from a client before its token
 
 
 @dataclass
@@ -165,6 +166,7 @@ class GateAddon:
         limits: Limits | None = None,
         close_client: Callable[[str], bool] | None = None,
         last_activity: Callable[[str], float | None] | None = None,
+        guard_reads: Callable[[str, Callable[[int], bool]], None] | None = None,
     ) -> None:
         self._services = services
         self._token = token
@@ -172,6 +174,7 @@ class GateAddon:
         self._limits = limits or Limits()
         self._close_client = close_client
         self._last_activity = last_activity
+        self._guard_reads = guard_reads
         self._clients: dict[str, _Client] = {}
         self._authed: set[str] = set()
         self._sweeper: asyncio.Task[None] | None = None
@@ -249,6 +252,9 @@ class GateAddon:
         try:
             self._seq += 1
             self._clients[client.id] = _Client(connected=time.monotonic(), seq=self._seq)
+            if self._guard_reads is not None:
+                cid = client.id
+                self._guard_reads(cid, lambda total: self.may_read(cid, total))
             pending = sorted(
                 (c.seq, cid) for cid, c in self._clients.items() if not c.authed and not c.doomed
             )
@@ -259,6 +265,15 @@ class GateAddon:
         except Exception:
             log.exception("egress client_connected hook failed; connection closed")
             client.error = "internal error in the egress gate"
+
+    def may_read(self, client_id: str, total: int) -> bool:
+        """Whether the engine may take more bytes from a client that has sent ``total``.
+
+        Before the token, at most ``max_unauthenticated_bytes``: mitmproxy itself puts no
+        limit on a request's header block."""
+        if client_id in self._authed:
+            return True
+        return total <= self._limits.max_unauthenticated_bytes
 
     def _close(self, client_id: str, why: str) -> None:
         state = self._clients.get(client_id)

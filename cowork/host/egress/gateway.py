@@ -477,6 +477,26 @@ def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
         fut.set_exception(EgressError(str(value)))
 
 
+class _GuardedReader:
+    """A client's stream reader that reports end of stream once the gate says "no more":
+    the engine then closes the connection instead of buffering without limit."""
+
+    def __init__(self, inner: Any, may_read: Callable[[int], bool]) -> None:
+        self._inner = inner
+        self._may_read = may_read
+        self._total = 0
+
+    async def read(self, n: int = -1) -> bytes:
+        data: bytes = await self._inner.read(n)
+        self._total += len(data)
+        if data and not self._may_read(self._total):
+            return b""
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 def _engine_options(config: _ChildConfig) -> dict[str, Any]:
     return {
         "mode": [f"regular@{config.listen_host}:0"],
@@ -549,6 +569,12 @@ async def _serve(
         handler = ps.connections.get(client_id)
         return None if handler is None else float(handler.timeout_watchdog.last_activity)
 
+    def guard_reads(client_id: str, may_read: Callable[[int], bool]) -> None:
+        handler = ps.connections.get(client_id)
+        io = None if handler is None else handler.transports.get(handler.client)
+        if io is not None and io.reader is not None:
+            io.reader = _GuardedReader(io.reader, may_read)
+
     auth_t, idle_t, pending, clients, flows = config.limits
     gate = GateAddon(
         services,
@@ -557,6 +583,7 @@ async def _serve(
         limits=Limits(auth_t, idle_t, int(pending), int(clients), int(flows)),
         close_client=close_client,
         last_activity=last_activity,
+        guard_reads=guard_reads,
     )
 
     class _Ready:

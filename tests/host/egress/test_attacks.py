@@ -788,3 +788,22 @@ def test_a_stuck_audit_log_does_not_stall_the_gateway(env: Env) -> None:
         time.sleep(0.05)
     kinds = sorted(str(e.kind) for e in env.recorder.events)
     assert kinds == ["egress.allowed"] * 3 + ["egress.denied"]
+
+
+def test_an_endless_header_block_without_a_token_is_cut_off(env: Env) -> None:
+    sock = socket.create_connection(env.gateway.address, timeout=10)
+    sent = 0
+    try:
+        sock.sendall(b"GET http://plain.allowed.test/ HTTP/1.1\r\n")
+        line = b"X-Fill: " + b"a" * 8000 + b"\r\n"
+        while sent < 64 * 1024 * 1024:  # the gateway stops reading long before this
+            sock.sendall(line)
+            sent += len(line)
+    except OSError:
+        pass
+    assert sent < 64 * 1024 * 1024
+    assert _closed_within(sock, 10)
+    sock.close()
+    with client(env) as c:  # and everyone else is still served
+        r = c.post(url(env, "api.allowed.test", "/v1/messages"), content=b"{}")
+    assert r.status_code == 200
