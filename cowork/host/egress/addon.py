@@ -433,6 +433,7 @@ class GateAddon:
             websockets_enabled=self._websockets,
             body=body or None,
             body_undecodable=undecodable,
+            trailers=tuple(req.trailers.items(multi=True)) if req.trailers else (),  # type: ignore[no-untyped-call]
         )
         decision = decide_request(facts, grants)
         if not decision.allowed or decision.grant is None or decision.host is None:

@@ -158,6 +158,8 @@ class RequestFacts:
     body: bytes | None = None
     #: True when the body had a Content-Encoding the gateway could not undo.
     body_undecodable: bool = False
+    #: Trailer fields sent after a chunked or HTTP/2 request body.
+    trailers: tuple[tuple[str, str], ...] = ()
 
     def header_values(self, name: str) -> list[str]:
         n = name.lower()
@@ -356,6 +358,18 @@ def check_upgrade(ctx: RequestContext) -> Decision | None:
     return None
 
 
+def check_trailers(ctx: RequestContext) -> Decision | None:
+    """Trailers are headers after the body: a credential-bound grant takes none, and no grant
+    takes a credential-shaped one."""
+    grant = ctx.grant
+    assert grant is not None
+    if ctx.facts.trailers and grant.credential is not None:
+        return ctx.deny("request trailers are not accepted for a credential-bound grant")
+    if any(is_auth_header(k) for k, _ in ctx.facts.trailers):
+        return ctx.deny("request trailer carries a credential cowork did not issue")
+    return None
+
+
 def check_foreign_credentials(ctx: RequestContext) -> Decision | None:
     foreign = foreign_credentials(ctx.facts.headers, ctx.query)
     if foreign:
@@ -429,6 +443,7 @@ REQUEST_CHECKS: tuple[RequestCheck, ...] = (
     check_path,
     check_grant,
     check_upgrade,
+    check_trailers,
     check_foreign_credentials,
     check_body_readable,
     check_method_override,

@@ -169,6 +169,20 @@ def test_pipeline_is_a_sequence_of_small_checks() -> None:
             "body_types",
         ),
         ({"body_undecodable": True}, "content encoding"),
+        ({"trailers": (("x-anything", "1"),)}, "trailers are not accepted"),
+        (
+            {
+                "trailers": (("authorization", "Bearer x"),),
+                "host": "alt.example.com",
+                "port": 8443,
+                "host_header": "alt.example.com:8443",
+                "tunnel": ("alt.example.com", 8443),
+                "sni": "alt.example.com",
+                "method": "GET",
+                "path": "/",
+            },
+            "trailer carries a credential",
+        ),
     ],
 )
 def test_second_round_denials(kw: dict[str, object], reason: str) -> None:
