@@ -185,7 +185,8 @@ def redact_path(path: str) -> str:
 def foreign_credentials(headers: Iterable[tuple[str, str]], query: str) -> list[str]:
     """Names of auth-bearing headers/parameters whose value is not the placeholder.
 
-    The query is read as the most permissive server would (``;`` separates too, names are
+    A header counts when its name is auth-bearing or its value has the shape of a well-known
+    token. The query is read as the most permissive server would (``;`` separates too, names are
     decoded repeatedly); a query that cannot be read that way counts as a credential.
     """
     found: list[str] = []
@@ -194,6 +195,8 @@ def foreign_credentials(headers: Iterable[tuple[str, str]], query: str) -> list[
             continue  # the gateway's own token; consumed and removed by the gateway
         if is_auth_header(name) and not is_placeholder(value):
             found.append(name.lower())
+        elif bodies.has_token_shape(value.encode("utf-8", "replace")):
+            found.append(name.lower())  # a well-known token under a name with no auth word
     try:
         pairs = bodies.query_pairs(query)
     except ValueError:

@@ -807,3 +807,27 @@ def test_an_endless_header_block_without_a_token_is_cut_off(env: Env) -> None:
     with client(env) as c:  # and everyone else is still served
         r = c.post(url(env, "api.allowed.test", "/v1/messages"), content=b"{}")
     assert r.status_code == 200
+
+
+@pytest.mark.parametrize("grant_host", ["api.allowed.test", "plain.allowed.test"])
+@pytest.mark.parametrize(
+    "header",
+    [
+        ("X-Vendor", TOKEN_SHAPED),
+        ("Signature", "ghp_" + "a" * 36),
+        ("X-Amz-Date", "AKIAABCDEFGHIJKLMNOP"),
+        ("From", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhdHRhY2tlciJ9.c2ln"),
+    ],
+)
+def test_token_shaped_header_values_are_refused_on_any_grant(
+    env: Env, grant_host: str, header: tuple[str, str]
+) -> None:
+    with client(env) as c:
+        if grant_host == "plain.allowed.test":  # a GET-only grant without a credential
+            r = c.get(f"http://plain.allowed.test:{env.plain.port}/x", headers=dict([header]))
+        else:
+            r = c.post(url(env, grant_host, "/v1/messages"), headers=dict([header]), content=b"{}")
+    assert r.status_code == 403
+    assert "did not issue" in r.text
+    assert_nothing_left(env)
+    assert header[1] not in events_text(env)
