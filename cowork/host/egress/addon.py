@@ -10,8 +10,17 @@ exception and carry on. Two independent gates must both pass before an upstream 
    name itself (through the injected resolver), checks every answer against the floor and
    pins the connection to the checked address, so a rebinding answer cannot be used.
 
-Secrets are fetched per request, kept on the flow's state only until its response is sent,
-and scrubbed (exact bytes) from the response before it reaches the guest.
+Secrets are fetched per request and kept on the flow's state only until its response is sent.
+A response that reflects the secret in any form :mod:`cowork.host.egress.reflection` detects
+is replaced by a 502 before it reaches the guest (refused, not edited).
+
+Resources before authentication: the proxy token is checked in ``http_connect`` and
+``requestheaders``, before any request body is read; an unauthenticated request that
+announces a body is dropped unread. Per client connection the addon bounds the time to present
+the token (:attr:`Limits.auth_timeout`), idle time once authenticated, requests in flight
+(so buffered bodies are at most ``flows_per_client`` x the body limit), and the number of
+connections: when too many connections have not yet authenticated, the oldest is closed, so a
+client that opens connections and sends nothing cannot keep a well-behaved one out.
 """
 
 from __future__ import annotations
@@ -22,43 +31,88 @@ import binascii
 import hmac
 import ipaddress
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import quote
 
 from mitmproxy import connection, http
+from mitmproxy.net import encoding
 from mitmproxy.proxy import server_hooks
 
+from cowork.host.egress import bodies
 from cowork.host.egress.gate import (
     RequestFacts,
     decide_connect,
     decide_request,
-    is_auth_header,
+    headers_to_forward,
     is_auth_query_param,
     redact_path,
 )
 from cowork.host.egress.grants import Grant
+from cowork.host.egress.reflection import Needles, reflects
 
 log = logging.getLogger(__name__)
 
 PROXY_USER = "cowork"
-REDACTED = b"[redacted by cowork]"
 _CONNECT_REFUSED = "cowork egress refused the connection: "
 
 
 class Services(Protocol):
-    """What the addon needs from the host. Every call may block; every call may raise."""
+    """What the addon needs from the host. Every call may wait (bounded by its own timeout,
+    concurrently with the others) and may raise; the addon denies on any exception."""
 
-    def grants(self) -> Sequence[Grant]: ...
+    async def grants(self) -> Sequence[Grant]: ...
 
-    def resolve(self, host: str, port: int) -> list[str]: ...
+    async def resolve(self, host: str, port: int) -> list[str]: ...
 
-    def address_allowed(self, address: str) -> bool: ...
+    async def address_allowed(self, address: str) -> bool: ...
 
-    def secret(self, credential_id: str) -> str: ...
+    async def secret(self, credential_id: str) -> str: ...
 
-    def emit(self, kind: str, fields: dict[str, Any]) -> None: ...
+    async def emit(self, kind: str, fields: dict[str, Any]) -> None: ...
+
+
+MAX_PENDING_EVENTS = 1024
+EVENT_WAIT = 1.0
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-client bounds of the gateway (seconds, counts)."""
+
+    auth_timeout: float = 10.0  # to present the proxy token after connecting
+    idle_timeout: float = 300.0  # an authenticated connection with no traffic
+    max_pending: int = 32  # connections that have not authenticated yet
+    max_clients: int = 256  # authenticated connections
+    flows_per_client: int = 16  # requests in flight on one connection
+    max_unauthenticated_bytes: int = 64 * 1024  # read from a client before its token
+
+
+@dataclass
+class _Client:
+    connected: float
+    seq: int = 0  # arrival order (clock readings can tie)
+    authed: bool = False
+    flows: int = 0
+    doomed: bool = False  # to be closed; retried until the engine reports it gone
+
+
+def _decompressors() -> dict[str, Callable[[bytes], bytes]]:
+    out: dict[str, Callable[[bytes], bytes]] = {}
+    for kind in ("br", "zstd"):  # gzip and deflate: bounded, in the reflection module
+
+        def fn(data: bytes, kind: str = kind) -> bytes:
+            value = encoding.decode(data, kind)
+            if not isinstance(value, bytes):
+                raise ValueError("not bytes")
+            return value
+
+        out[kind] = fn
+    return out
+
+
+_DECOMPRESSORS = _decompressors()
 
 
 @dataclass
@@ -69,6 +123,7 @@ class _FlowState:
     path: str
     websocket: bool
     secret: str | None = field(default=None, repr=False)
+    needles: Needles | None = field(default=None, repr=False)
 
 
 def proxy_auth_ok(values: Sequence[str], token: str) -> bool:
@@ -92,26 +147,39 @@ def _kill(flow: http.HTTPFlow) -> None:
     flow.kill()  # type: ignore[no-untyped-call]
 
 
-def _scrub_variants(secret: str) -> list[bytes]:
-    raw = secret.encode()
-    variants = {raw, quote(secret, safe="").encode(), base64.b64encode(raw)}
-    return sorted((v for v in variants if v), key=len, reverse=True)
-
-
-def _scrub(data: bytes, variants: Sequence[bytes]) -> bytes:
-    for v in variants:
-        data = data.replace(v, REDACTED)
-    return data
+def _param_has_auth(name: str) -> bool:
+    try:
+        return any(is_auth_query_param(k) for k, _ in bodies.query_pairs(name + "="))
+    except ValueError:
+        return True
 
 
 class GateAddon:
     """Enforces grants, the floor, the proxy token and credential injection."""
 
-    def __init__(self, services: Services, *, token: str, websockets: bool) -> None:
+    def __init__(
+        self,
+        services: Services,
+        *,
+        token: str,
+        websockets: bool,
+        limits: Limits | None = None,
+        close_client: Callable[[str], bool] | None = None,
+        last_activity: Callable[[str], float | None] | None = None,
+        guard_reads: Callable[[str, Callable[[int], bool]], None] | None = None,
+    ) -> None:
         self._services = services
         self._token = token
         self._websockets = websockets
+        self._limits = limits or Limits()
+        self._close_client = close_client
+        self._last_activity = last_activity
+        self._guard_reads = guard_reads
+        self._clients: dict[str, _Client] = {}
         self._authed: set[str] = set()
+        self._sweeper: asyncio.Task[None] | None = None
+        self._seq = 0
+        self._pending_events: set[asyncio.Task[None]] = set()
         self._tunnels: dict[str, tuple[str, int]] = {}
         self._approved: dict[str, set[tuple[str, int]]] = {}
         self._flows: dict[str, _FlowState] = {}
@@ -119,11 +187,26 @@ class GateAddon:
 
     # --- helpers ------------------------------------------------------------------------
     async def _call(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.to_thread(fn, *args)
+        return await fn(*args)
 
     async def _emit(self, kind: str, **fields: Any) -> None:
+        """Send an event, waiting at most :data:`EVENT_WAIT` seconds for it: normally it is
+        recorded before the response leaves; a slow audit log delays a request by at most
+        that, and delivery goes on in the background.
+
+        At most :data:`MAX_PENDING_EVENTS` are in flight; beyond that one is dropped and said
+        so in the gateway's log (the decision itself is never affected)."""
+        if len(self._pending_events) >= MAX_PENDING_EVENTS:
+            log.error("egress: the event log is not keeping up; an event (%s) was dropped", kind)
+            return
+        task = asyncio.get_running_loop().create_task(self._deliver(kind, fields))
+        self._pending_events.add(task)
+        task.add_done_callback(self._pending_events.discard)
+        await asyncio.wait({task}, timeout=EVENT_WAIT)
+
+    async def _deliver(self, kind: str, fields: dict[str, Any]) -> None:
         try:
-            await self._call(self._services.emit, kind, fields)
+            await self._services.emit(kind, fields)
         except Exception:
             log.warning("could not deliver an egress event (%s)", kind)
 
@@ -157,6 +240,90 @@ class GateAddon:
         except Exception:
             return {}
 
+    # --- client connections and their bounds ----------------------------------------------
+    def running(self) -> None:
+        if self._close_client is not None and self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever())
+
+    def done(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+
+    def client_connected(self, client: connection.Client) -> None:
+        try:
+            self._seq += 1
+            self._clients[client.id] = _Client(connected=time.monotonic(), seq=self._seq)
+            if self._guard_reads is not None:
+                cid = client.id
+                self._guard_reads(cid, lambda total: self.may_read(cid, total))
+            pending = sorted(
+                (c.seq, cid) for cid, c in self._clients.items() if not c.authed and not c.doomed
+            )
+            # Too many connections without a token: close the oldest, never the newest, so a
+            # flood of idle connections cannot keep out a client that authenticates at once.
+            for _, cid in pending[: max(0, len(pending) - self._limits.max_pending)]:
+                self._close(cid, "too many connections waiting to authenticate")
+        except Exception:
+            log.exception("egress client_connected hook failed; connection closed")
+            client.error = "internal error in the egress gate"
+
+    def may_read(self, client_id: str, total: int) -> bool:
+        """Whether the engine may take more bytes from a client that has sent ``total``.
+
+        Before the token, at most ``max_unauthenticated_bytes``: mitmproxy itself puts no
+        limit on a request's header block."""
+        if client_id in self._authed:
+            return True
+        return total <= self._limits.max_unauthenticated_bytes
+
+    def _close(self, client_id: str, why: str) -> None:
+        state = self._clients.get(client_id)
+        if state is None or self._close_client is None:
+            return
+        state.doomed = True
+        try:
+            if self._close_client(client_id):
+                return
+        except Exception:
+            log.warning("egress: could not close a client connection (%s)", why)
+        # Not closable yet (its handler is still starting): the sweep tries again.
+
+    def _mark_authed(self, client: connection.Client) -> bool:
+        """Record that ``client`` presented the token; False when over the client limit."""
+        state = self._clients.setdefault(client.id, _Client(connected=time.monotonic()))
+        if not state.authed:
+            authed = sum(1 for c in self._clients.values() if c.authed)
+            if authed >= self._limits.max_clients:
+                return False
+            state.authed = True
+        self._authed.add(client.id)
+        return True
+
+    def sweep(self, now: float | None = None) -> None:
+        """Close connections past their deadline (called every half second)."""
+        now = time.monotonic() if now is None else now
+        for cid, c in list(self._clients.items()):
+            if c.doomed:
+                self._close(cid, "closing")
+                continue
+            if not c.authed:
+                if now - c.connected > self._limits.auth_timeout:
+                    self._close(cid, "no proxy token in time")
+                continue
+            if c.flows:
+                continue
+            last = self._last_activity(cid) if self._last_activity is not None else None
+            if last is not None and time.time() - last > self._limits.idle_timeout:
+                self._close(cid, "idle")
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                self.sweep()
+            except Exception:
+                log.exception("egress: connection sweep failed")
+
     # --- CONNECT --------------------------------------------------------------------------
     async def http_connect(self, flow: http.HTTPFlow) -> None:
         try:
@@ -171,7 +338,9 @@ class GateAddon:
         if not proxy_auth_ok(flow.request.headers.get_all("proxy-authorization"), self._token):
             await self._deny(flow, 407, "missing or wrong proxy token", **desc)
             return
-        self._authed.add(client.id)
+        if not self._mark_authed(client):
+            await self._deny(flow, 503, "too many connections", **desc)
+            return
         if client.id in self._tunnels:
             await self._deny(flow, 403, "only one CONNECT per connection", **desc)
             return
@@ -183,6 +352,42 @@ class GateAddon:
         self._tunnels[client.id] = (decision.host, flow.request.port)
 
     # --- requests -----------------------------------------------------------------------
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Before the body is read: the token, and the client's requests in flight."""
+        try:
+            client = flow.client_conn
+            req = flow.request
+            if client.id not in self._authed and client.id not in self._tunnels:
+                if proxy_auth_ok(req.headers.get_all("proxy-authorization"), self._token):
+                    if not self._mark_authed(client):
+                        _kill(flow)
+                        return
+                else:
+                    announces_body = (
+                        req.headers.get("content-length", "0").strip() not in ("", "0")
+                        or "transfer-encoding" in req.headers
+                        or "expect" in req.headers
+                    )
+                    if announces_body:
+                        _kill(flow)  # never read the body of an unauthenticated request
+                    return  # no body: ``request`` answers 407
+            state = self._clients.get(client.id)
+            if state is not None:
+                if state.flows >= self._limits.flows_per_client:
+                    _kill(flow)
+                    return
+                state.flows += 1
+                flow.metadata["cowork.counted"] = True
+        except Exception:
+            log.exception("egress requestheaders hook failed; flow killed")
+            _kill(flow)
+
+    def _flow_done(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.pop("cowork.counted", False):
+            state = self._clients.get(flow.client_conn.id)
+            if state is not None and state.flows > 0:
+                state.flows -= 1
+
     async def request(self, flow: http.HTTPFlow) -> None:
         try:
             await self._on_request(flow)
@@ -210,6 +415,12 @@ class GateAddon:
         req.headers.pop("proxy-authorization", None)
 
         grants = await self._call(self._services.grants)
+        body: bytes | None
+        undecodable = False
+        try:
+            body = req.get_content(strict=True)  # Content-Encoding undone
+        except ValueError:
+            body, undecodable = None, True
         facts = RequestFacts(
             scheme=req.scheme,
             host=req.host,
@@ -221,6 +432,9 @@ class GateAddon:
             tunnel=tunnel,
             sni=client.sni,
             websockets_enabled=self._websockets,
+            body=body or None,
+            body_undecodable=undecodable,
+            trailers=tuple(req.trailers.items(multi=True)) if req.trailers else (),  # type: ignore[no-untyped-call]
         )
         decision = decide_request(facts, grants)
         if not decision.allowed or decision.grant is None or decision.host is None:
@@ -234,12 +448,18 @@ class GateAddon:
             path=redact_path(req.path),
             websocket=grant.websocket and self._websockets,
         )
-        # Remove every credential-shaped thing the guest sent (placeholders included).
-        for name in {k.lower() for k in req.headers if is_auth_header(k)}:
-            req.headers.pop(name, None)
+        # Forward only what the grant allows: for a credential-bound grant its header list;
+        # for any grant never a credential-shaped header or parameter (placeholders included).
+        sent: list[tuple[str, str]] = list(req.headers.items(multi=True))  # type: ignore[no-untyped-call]
+        kept = headers_to_forward(grant, sent)
+        req.headers.clear()
+        for name, value in kept:
+            req.headers.add(name, value)
         query = list(req.query.items(multi=True))
-        if any(is_auth_query_param(k) for k, _ in query):
-            req.query = [(k, v) for k, v in query if not is_auth_query_param(k)]
+        if any(
+            is_auth_query_param(k) for k, _ in bodies.query_pairs("&".join(k for k, _ in query))
+        ):
+            req.query = [(k, v) for k, v in query if not _param_has_auth(k)]
         if grant.credential is not None:
             secret = await self._call(self._services.secret, grant.credential)
             if not isinstance(secret, str) or not secret or any(ord(c) < 0x20 for c in secret):
@@ -247,6 +467,7 @@ class GateAddon:
                 return
             req.headers[grant.inject_header] = grant.inject_format.replace("{credential}", secret)
             state.secret = secret
+            state.needles = Needles(secret)
         self._flows[flow.id] = state
         self._approved.setdefault(client.id, set()).add((decision.host, req.port))
 
@@ -302,6 +523,7 @@ class GateAddon:
         self._pinned.pop(data.server.id, None)
 
     def client_disconnected(self, client: connection.Client) -> None:
+        self._clients.pop(client.id, None)
         self._authed.discard(client.id)
         self._tunnels.pop(client.id, None)
         self._approved.pop(client.id, None)
@@ -320,19 +542,23 @@ class GateAddon:
             _kill(flow)
 
     async def response(self, flow: http.HTTPFlow) -> None:
+        self._flow_done(flow)
         state = self._flows.get(flow.id)
         if state is None:
             return
+        refused = False
         try:
-            if state.secret is not None and flow.response is not None:
-                self._scrub_response(flow.response, _scrub_variants(state.secret))
+            if state.needles is not None and flow.response is not None:
+                refused = self._reflects(flow.response, state.needles)
         except Exception:
-            log.error("egress: could not scrub a response; replaced with an error")
-            self._refuse(flow, 502, "response could not be checked for credentials")
-        if not (state.websocket and flow.websocket is not None):
+            log.error("egress: could not check a response for the credential; refused")
+            refused = True
+        if refused:
+            self._refuse(flow, 502, "the response reflected the injected credential")
+        if not (state.websocket and flow.websocket is not None) or refused:
             self._flows.pop(flow.id, None)
         await self._emit(
-            "egress.allowed",
+            "egress.denied" if refused else "egress.allowed",
             grant=state.grant_id,
             method=state.method,
             host=state.host,
@@ -340,40 +566,40 @@ class GateAddon:
             status=flow.response.status_code if flow.response else None,
             bytes_sent=len(flow.request.raw_content or b""),
             bytes_received=len(flow.response.raw_content or b"") if flow.response else 0,
+            **({"reason": "the response reflected the injected credential"} if refused else {}),
         )
 
     @staticmethod
-    def _scrub_response(resp: http.Response, variants: Sequence[bytes]) -> None:
-        resp.headers.fields = tuple(
-            (_scrub(k, variants), _scrub(v, variants)) for k, v in resp.headers.fields
-        )
-        resp.reason = _scrub(resp.reason.encode(), variants).decode(errors="replace")
+    def _reflects(resp: http.Response, needles: Needles) -> bool:
+        """Whether any part of ``resp`` reflects the secret. Raises on undecodable bodies."""
+        parts = [resp.reason.encode("utf-8", "replace")]
+        parts += [k + b": " + v for k, v in resp.headers.fields]
         content = resp.get_content(strict=True)  # decoded; raises on unknown encodings
-        if content is not None:
-            cleaned = _scrub(content, variants)
-            if cleaned != content:
-                resp.content = cleaned
+        if content:
+            parts.append(content)
         if resp.trailers is not None:
-            resp.trailers.fields = tuple(
-                (_scrub(k, variants), _scrub(v, variants)) for k, v in resp.trailers.fields
-            )
+            parts += [k + b": " + v for k, v in resp.trailers.fields]
+        return reflects(parts, needles, _DECOMPRESSORS)
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         state = self._flows.get(flow.id)
-        if state is None or state.secret is None or flow.websocket is None:
+        if state is None or state.needles is None or flow.websocket is None:
             return
         try:
             msg = flow.websocket.messages[-1]
-            if not msg.from_client:
-                msg.content = _scrub(msg.content, _scrub_variants(state.secret))
+            if not msg.from_client and reflects([msg.content], state.needles, _DECOMPRESSORS):
+                log.warning("egress: a websocket message reflected the credential; closed")
+                msg.drop()  # type: ignore[no-untyped-call]
+                _kill(flow)
         except Exception:
-            log.error("egress: could not scrub a websocket message; closing")
+            log.error("egress: could not check a websocket message; closing")
             _kill(flow)
 
     def websocket_end(self, flow: http.HTTPFlow) -> None:
         self._flows.pop(flow.id, None)
 
     async def error(self, flow: http.HTTPFlow) -> None:
+        self._flow_done(flow)
         state = self._flows.pop(flow.id, None)
         if state is None:
             return

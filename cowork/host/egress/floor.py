@@ -35,6 +35,45 @@ METADATA_ADDRESSES = frozenset(
 )
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_SIIT = ipaddress.ip_network("::ffff:0:0:0/96")
+
+#: Networks never connected to, whatever the standard library thinks of them this year
+#: (its ``is_global`` changed between Python versions; site-local ``fec0::/10`` is "global" in
+#: 3.11). Checked in addition to the ``ipaddress`` flags.
+DENIED_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8",  # "this network"
+        "10.0.0.0/8",
+        "100.64.0.0/10",  # shared address space (CGNAT)
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.0.0.0/24",  # IETF protocol assignments
+        "192.0.2.0/24",  # TEST-NET-1
+        "192.88.99.0/24",  # 6to4 relay anycast
+        "192.168.0.0/16",
+        "198.18.0.0/15",  # benchmarking
+        "198.51.100.0/24",  # TEST-NET-2
+        "203.0.113.0/24",  # TEST-NET-3
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, broadcast
+        "::/96",  # unspecified, loopback and IPv4-compatible (deprecated) addresses
+        "::ffff:0:0/96",  # IPv4-mapped: checked through the embedded address as well
+        "64:ff9b:1::/48",  # local-use NAT64: the embedded address sits anywhere
+        "100::/64",  # discard-only
+        "2001::/32",  # Teredo (the embedded client address is obfuscated)
+        "2001:db8::/32",  # documentation
+        "2001:10::/28",  # ORCHID
+        "2001:20::/28",  # ORCHIDv2
+        "3fff::/20",  # documentation (2024)
+        "5f00::/16",  # SRv6 SIDs
+        "fc00::/7",  # unique local
+        "fe80::/10",  # link-local
+        "fec0::/10",  # site-local (deprecated)
+        "ff00::/8",  # multicast
+    )
+)
 
 
 class FloorViolation(ValueError):
@@ -85,6 +124,8 @@ def normalize_host(raw: str) -> str:
 def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
     if addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
+    if addr in _SIIT:  # ::ffff:0:a.b.c.d, the SIIT "translated" form
+        return ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
     if addr.sixtofour is not None:
         return addr.sixtofour
     if addr.teredo is not None:
@@ -106,10 +147,16 @@ def address_allowed(address: str) -> bool:
     candidates: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = [ip]
     if isinstance(ip, ipaddress.IPv6Address):
         inner = _embedded_ipv4(ip)
-        if inner is not None:
+        if inner is not None and ip in _NAT64:
+            # The well-known NAT64 prefix is how an IPv6-only host reaches the IPv4 internet;
+            # the standard library calls the prefix itself non-global, so judge the inner one.
+            candidates = [inner]
+        elif inner is not None:
             candidates.append(inner)
     for c in candidates:
         if c in METADATA_ADDRESSES:
+            return False
+        if any(c.version == n.version and c in n for n in DENIED_NETWORKS):
             return False
         if not c.is_global or c.is_multicast or c.is_unspecified or c.is_reserved:
             return False

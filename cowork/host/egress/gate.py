@@ -10,7 +10,20 @@ here, and acts on the answer. Contract:
   or query parameter with a value other than :data:`PLACEHOLDER`) is refused;
 - an upgrade (websocket) is allowed only where the grant says so and the gateway enables
   websockets; any other ``Upgrade`` (``h2c``, raw protocols) is refused;
+- the path is judged only in its canonical form (:func:`cowork.host.egress.grants.path_problem`);
+- a method override (``X-HTTP-Method-Override`` and any header naming a method, ``_method``
+  and the like in the query, a form body or a JSON body's top level) is refused unless the
+  grant allows the method it names;
+- for a credential-bound grant, only the grant's allowed request headers are forwarded
+  (:func:`headers_to_forward`), a body must be of the grant's ``body_types`` and carry no
+  credential-shaped field or token-shaped value (:mod:`cowork.host.egress.bodies`);
+- a grant with the ``anthropic-messages`` body policy refuses server-side tools and remote MCP
+  servers unless the grant allows them;
 - any exception while deciding denies (:func:`decide_request`, :func:`decide_connect`).
+
+A request is decided by :data:`REQUEST_CHECKS`, a sequence of small checks run in order; the
+first one that returns a :class:`Decision` (a denial) ends it. A new check is a function
+``(RequestContext) -> Decision | None`` added to that tuple.
 
 Reasons are short, fixed phrases plus names (grant id, host); never header values.
 """
@@ -18,16 +31,18 @@ Reasons are short, fixed phrases plus names (grant id, host); never header value
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from urllib.parse import parse_qsl, urlencode
 
+from cowork.host.egress import bodies
 from cowork.host.egress.floor import FloorViolation, normalize_host
 from cowork.host.egress.grants import (
     Grant,
     grant_allows,
     grant_matches_destination,
-    path_is_plain,
+    path_problem,
 )
 
 log = logging.getLogger(__name__)
@@ -139,6 +154,12 @@ class RequestFacts:
     sni: str | None = None
     websockets_enabled: bool = False
     extra: dict[str, str] = field(default_factory=dict)
+    #: The request body after undoing its Content-Encoding; None when there is none.
+    body: bytes | None = None
+    #: True when the body had a Content-Encoding the gateway could not undo.
+    body_undecodable: bool = False
+    #: Trailer fields sent after a chunked or HTTP/2 request body.
+    trailers: tuple[tuple[str, str], ...] = ()
 
     def header_values(self, name: str) -> list[str]:
         n = name.lower()
@@ -162,17 +183,50 @@ def redact_path(path: str) -> str:
 
 
 def foreign_credentials(headers: Iterable[tuple[str, str]], query: str) -> list[str]:
-    """Names of auth-bearing headers/parameters whose value is not the placeholder."""
+    """Names of auth-bearing headers/parameters whose value is not the placeholder.
+
+    A header counts when its name is auth-bearing or its value has the shape of a well-known
+    token. The query is read as the most permissive server would (``;`` separates too, names are
+    decoded repeatedly); a query that cannot be read that way counts as a credential.
+    """
     found: list[str] = []
     for name, value in headers:
         if name.lower() == "proxy-authorization":
             continue  # the gateway's own token; consumed and removed by the gateway
         if is_auth_header(name) and not is_placeholder(value):
             found.append(name.lower())
-    for name, value in parse_qsl(query, keep_blank_values=True):
+        elif bodies.has_token_shape(value.encode("utf-8", "replace")):
+            found.append(name.lower())  # a well-known token under a name with no auth word
+    try:
+        pairs = bodies.query_pairs(query)
+    except ValueError:
+        return [*found, "?<unreadable parameter name>"]
+    for name, value in pairs:
         if is_auth_query_param(name) and not is_placeholder(value):
             found.append(f"?{name}")
     return found
+
+
+def header_forwarded(grant: Grant, name: str) -> bool:
+    """Whether a credential-bound ``grant`` forwards request header ``name``."""
+    n = name.lower()
+    return any(fnmatchcase(n, p) for p in grant.forwarded_header_patterns)
+
+
+def headers_to_forward(grant: Grant, headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The request headers that leave the gateway for ``grant`` (before injection).
+
+    A credential-bound grant forwards only its allowed headers; any other grant forwards all
+    but the auth-bearing ones.
+    """
+    out: list[tuple[str, str]] = []
+    for name, value in headers:
+        if name.lower() == "proxy-authorization" or is_auth_header(name):
+            continue
+        if grant.credential is not None and not header_forwarded(grant, name):
+            continue
+        out.append((name, value))
+    return out
 
 
 def strip_query_credentials(query: str) -> str:
@@ -216,44 +270,84 @@ def decide_connect(host: str, port: int, grants: Sequence[Grant]) -> Decision:
         return _deny("internal error in the egress gate (denied)")
 
 
-def _check_request(facts: RequestFacts, grants: Sequence[Grant]) -> Decision:
+@dataclass
+class RequestContext:
+    """What the checks of one request share; filled in as the checks go."""
+
+    facts: RequestFacts
+    grants: Sequence[Grant]
+    host: str = ""
+    path: str = ""
+    query: str = ""
+    grant: Grant | None = None
+    body_fields: list[tuple[str, object]] = field(default_factory=list)
+    body_parsed: bool = False
+
+    def deny(self, reason: str) -> Decision:
+        return _deny(reason, self.host or None, self.grant)
+
+
+RequestCheck = Callable[[RequestContext], "Decision | None"]
+
+
+def check_host(ctx: RequestContext) -> Decision | None:
     try:
-        host = normalize_host(facts.host)
+        ctx.host = normalize_host(ctx.facts.host)
     except FloorViolation as exc:
         return _deny(str(exc))
-    if facts.scheme not in ("http", "https"):
-        return _deny("unsupported scheme", host)
-    # One name everywhere: CONNECT target, SNI and Host.
+    if ctx.facts.scheme not in ("http", "https"):
+        return ctx.deny("unsupported scheme")
+    return None
+
+
+def check_one_name(ctx: RequestContext) -> Decision | None:
+    """One name everywhere: CONNECT target, SNI and Host."""
+    facts, host = ctx.facts, ctx.host
     if facts.tunnel is not None:
         t_host, t_port = facts.tunnel
         if t_host.lower() != host or t_port != facts.port:
-            return _deny("Host header differs from the CONNECT target", host)
+            return ctx.deny("Host header differs from the CONNECT target")
         if facts.scheme == "https" and (facts.sni or "").lower() != host:
-            return _deny("TLS SNI differs from the CONNECT target", host)
+            return ctx.deny("TLS SNI differs from the CONNECT target")
         if facts.scheme != "https":
-            return _deny("plain HTTP inside a CONNECT tunnel", host)
+            return ctx.deny("plain HTTP inside a CONNECT tunnel")
     elif facts.scheme != "http":
-        return _deny("HTTPS must use CONNECT", host)
+        return ctx.deny("HTTPS must use CONNECT")
     if facts.host_header is None:
-        return _deny("missing Host header", host)
+        return ctx.deny("missing Host header")
     hh, hp = _parse_authority(facts.host_header)
     if hh.lower() != host or (hp is not None and hp != facts.port):
-        return _deny("Host header differs from the request target", host)
+        return ctx.deny("Host header differs from the request target")
     if len(facts.header_values("host")) > 1:
-        return _deny("more than one Host header", host)
+        return ctx.deny("more than one Host header")
+    return None
 
-    path, query = split_path(facts.path)
-    if not path_is_plain(path):
-        return _deny("path with dot segments, encoded separators or control characters", host)
+
+def check_path(ctx: RequestContext) -> Decision | None:
+    ctx.path, ctx.query = split_path(ctx.facts.path)
+    problem = path_problem(ctx.path)
+    if problem is not None:
+        return ctx.deny(problem + " (not in canonical form)")
+    return None
+
+
+def check_grant(ctx: RequestContext) -> Decision | None:
+    facts = ctx.facts
     method = facts.method.upper()
-
-    candidates = [g for g in grants if grant_matches_destination(g, facts.scheme, host, facts.port)]
+    candidates = [
+        g for g in ctx.grants if grant_matches_destination(g, facts.scheme, ctx.host, facts.port)
+    ]
     if not candidates:
-        return _deny("no grant for this host", host)
-    grant = next((g for g in candidates if grant_allows(g, method, path)), None)
-    if grant is None:
-        return _deny("method or path not granted", host, candidates[0])
+        return ctx.deny("no grant for this host")
+    ctx.grant = next((g for g in candidates if grant_allows(g, method, ctx.path)), None)
+    if ctx.grant is None:
+        return _deny("method or path not granted", ctx.host, candidates[0])
+    return None
 
+
+def check_upgrade(ctx: RequestContext) -> Decision | None:
+    facts, grant = ctx.facts, ctx.grant
+    assert grant is not None
     upgrades = [v.strip().lower() for v in facts.header_values("upgrade")]
     if (
         upgrades
@@ -261,18 +355,114 @@ def _check_request(facts: RequestFacts, grants: Sequence[Grant]) -> Decision:
         or facts.header_values("http2-settings")
     ):
         if upgrades != ["websocket"]:
-            return _deny("protocol upgrade refused", host, grant)
+            return ctx.deny("protocol upgrade refused")
         if not (grant.websocket and facts.websockets_enabled):
-            return _deny("websocket not granted", host, grant)
+            return ctx.deny("websocket not granted")
+    return None
 
-    foreign = foreign_credentials(facts.headers, query)
+
+def check_trailers(ctx: RequestContext) -> Decision | None:
+    """Trailers are headers after the body: a credential-bound grant takes none, and no grant
+    takes a credential-shaped one."""
+    grant = ctx.grant
+    assert grant is not None
+    if ctx.facts.trailers and grant.credential is not None:
+        return ctx.deny("request trailers are not accepted for a credential-bound grant")
+    if any(is_auth_header(k) for k, _ in ctx.facts.trailers):
+        return ctx.deny("request trailer carries a credential cowork did not issue")
+    return None
+
+
+def check_foreign_credentials(ctx: RequestContext) -> Decision | None:
+    foreign = foreign_credentials(ctx.facts.headers, ctx.query)
     if foreign:
-        return _deny(
-            "request carries a credential cowork did not issue (" + ", ".join(foreign) + ")",
-            host,
-            grant,
+        return ctx.deny(
+            "request carries a credential cowork did not issue (" + ", ".join(foreign) + ")"
         )
-    return Decision(True, "granted", grant, host)
+    return None
+
+
+def check_body_readable(ctx: RequestContext) -> Decision | None:
+    facts, grant = ctx.facts, ctx.grant
+    assert grant is not None
+    if facts.body_undecodable:
+        return ctx.deny("request body with a content encoding the gateway cannot read")
+    body = facts.body or b""
+    mtype = bodies.media_type(next(iter(facts.header_values("content-type")), None))
+    if body and grant.credential is not None and not bodies.type_allowed(mtype, grant.body_types):
+        return ctx.deny(
+            f"request body of type {mtype or 'unknown'!r} is not in the grant's body_types"
+        )
+    try:
+        ctx.body_fields, ctx.body_parsed = bodies.body_fields(body, mtype)
+    except (ValueError, UnicodeDecodeError):
+        if grant.credential is not None or grant.effective_body_policy != "none":
+            return ctx.deny(f"request body does not parse as its type {mtype!r}")
+        ctx.body_fields, ctx.body_parsed = [], False
+    return None
+
+
+def check_method_override(ctx: RequestContext) -> Decision | None:
+    grant = ctx.grant
+    assert grant is not None
+    try:
+        pairs = bodies.query_pairs(ctx.query)
+    except ValueError as exc:
+        return ctx.deny(str(exc))
+    mtype = bodies.media_type(next(iter(ctx.facts.header_values("content-type")), None))
+    pairs += bodies.body_method_pairs(ctx.body_fields, mtype)
+    for where, method in bodies.method_overrides(ctx.facts.headers, pairs):
+        if method not in grant.methods:
+            return ctx.deny(f"method override to {method[:10]!r} ({where[:40]}) is not granted")
+    return None
+
+
+def check_body_credentials(ctx: RequestContext) -> Decision | None:
+    grant = ctx.grant
+    assert grant is not None
+    if grant.credential is None or not ctx.facts.body:
+        return None
+    found = bodies.body_credentials(ctx.facts.body, ctx.body_fields, ctx.body_parsed, PLACEHOLDER)
+    if found:
+        names = ", ".join(sorted(set(found)))[:200]
+        return ctx.deny(f"request body carries a credential cowork did not issue ({names})")
+    return None
+
+
+def check_body_policy(ctx: RequestContext) -> Decision | None:
+    grant = ctx.grant
+    assert grant is not None
+    if grant.effective_body_policy == "anthropic-messages" and ctx.facts.body:
+        problem = bodies.anthropic_messages_problem(ctx.facts.body, grant.allow_server_tools)
+        if problem is not None:
+            return ctx.deny(problem)
+    return None
+
+
+#: The request pipeline, in order. Cheap destination checks first; body checks last.
+REQUEST_CHECKS: tuple[RequestCheck, ...] = (
+    check_host,
+    check_one_name,
+    check_path,
+    check_grant,
+    check_upgrade,
+    check_trailers,
+    check_foreign_credentials,
+    check_body_readable,
+    check_method_override,
+    check_body_credentials,
+    check_body_policy,
+)
+
+
+def _check_request(facts: RequestFacts, grants: Sequence[Grant]) -> Decision:
+    ctx = RequestContext(facts, grants)
+    for check in REQUEST_CHECKS:
+        denied = check(ctx)
+        if denied is not None:
+            return denied
+    assert ctx.grant is not None
+    return Decision(True, "granted", ctx.grant, ctx.host)
 
 
 def decide_request(facts: RequestFacts, grants: Sequence[Grant]) -> Decision:

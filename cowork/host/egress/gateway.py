@@ -6,6 +6,11 @@ Contract:
   a pipe, never argv or environment. The child holds no policy: per request it asks the
   parent over a second pipe for the grants (so a policy reload applies to the next request),
   the DNS answers, the address verdicts and the credential value, and sends back events;
+- those host services are concurrent and bounded: every call carries an id, the parent runs
+  it on a small thread pool of its own kind (a slow resolver cannot take the keychain's or
+  the grants' workers), and the child waits for each answer at most that service's timeout
+  (:class:`GatewaySettings`). A call that times out denies its own request only; later
+  calls are unaffected (no latch). Nothing fails open: no answer is a denial;
 - the engine is configured fail closed: lazy upstream connections, no raw TCP relay, no
   HTTP/3, websockets only when enabled (and then only where a grant allows), a body size
   limit, upstream certificates verified against the system roots (or a CA file given through
@@ -31,7 +36,8 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +68,8 @@ CA_ENV_VARS = (
     "GIT_SSL_CAINFO",
     "PIP_CERT",
 )
-_RPC_TIMEOUT = 60.0
+#: Parent-side worker threads per host service: one kind cannot starve another.
+_SERVICE_WORKERS = {"grants": 4, "resolve": 8, "address_allowed": 4, "secret": 4, "emit": 2}
 _ALLOWED_EVENT_KINDS = {str(Kind.EGRESS_ALLOWED), str(Kind.EGRESS_DENIED)}
 
 
@@ -115,6 +122,21 @@ class GatewaySettings:
     allow_websockets: bool = False
     max_body_mib: int = 64
     start_timeout: float = 60.0
+    #: Longest wait, in seconds, for each host service; past it the request is denied.
+    service_timeouts: Mapping[str, float] = field(
+        default_factory=lambda: {
+            "grants": 10.0,
+            "resolve": 10.0,
+            "address_allowed": 5.0,
+            "secret": 30.0,
+            "emit": 5.0,
+        }
+    )
+    auth_timeout_s: float = 10.0
+    idle_timeout_s: float = 300.0
+    max_pending_connections: int = 32
+    max_connections: int = 256
+    requests_per_connection: int = 16
 
 
 @dataclass(frozen=True, repr=False)
@@ -125,6 +147,8 @@ class _ChildConfig:
     websockets: bool
     body_limit: str
     upstream_ca_file: str
+    service_timeouts: dict[str, float]
+    limits: tuple[float, float, int, int, int]
 
     def __repr__(self) -> str:
         return f"_ChildConfig(listen_host={self.listen_host!r}, token=<hidden>)"
@@ -148,6 +172,8 @@ class Gateway:
         self._secrets: Secrets | None = None
         self._resolver: Resolver = system_resolver
         self._address_check: AddressCheck = address_allowed
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._send_lock = threading.Lock()
 
     # --- public API -----------------------------------------------------------------------
     @classmethod
@@ -192,6 +218,14 @@ class Gateway:
                     websockets=settings.allow_websockets,
                     body_limit=f"{int(settings.max_body_mib)}m",
                     upstream_ca_file=str(ca_file),
+                    service_timeouts=dict(settings.service_timeouts),
+                    limits=(
+                        settings.auth_timeout_s,
+                        settings.idle_timeout_s,
+                        settings.max_pending_connections,
+                        settings.max_connections,
+                        settings.requests_per_connection,
+                    ),
                 ),
                 settings.start_timeout,
             )
@@ -245,6 +279,8 @@ class Gateway:
                     conn.close()
         if self._broker is not None:
             self._broker.join(5)
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
         if self._confdir is not None:
             shutil.rmtree(self._confdir, ignore_errors=True)
         self._address = None
@@ -288,24 +324,43 @@ class Gateway:
         self._broker.start()
 
     def _serve_rpc(self) -> None:
+        """Receive calls; run each on its service's pool; answer in any order, by id."""
         conn = self._rpc
         assert conn is not None
+        self._pools = {
+            name: ThreadPoolExecutor(max_workers=n, thread_name_prefix=f"cowork-egress-{name}")
+            for name, n in _SERVICE_WORKERS.items()
+        }
         while True:
             try:
-                name, args = conn.recv()
+                call_id, name, args = conn.recv()
             except (EOFError, OSError, ValueError):
                 return
+            pool = self._pools.get(str(name))
+            if pool is None:
+                self._reply(call_id, (False, f"unknown egress service {name!r}"))
+                continue
             try:
-                reply: tuple[bool, Any] = (True, self._dispatch(name, args))
-            except CoworkError as exc:
-                reply = (False, str(exc))
-            except Exception as exc:
-                log.warning("egress service %s failed: %s", name, type(exc).__name__)
-                reply = (False, f"{name} failed ({type(exc).__name__})")
-            try:
-                conn.send(reply)
-            except (OSError, ValueError):
+                pool.submit(self._run_call, call_id, str(name), tuple(args))
+            except RuntimeError:  # shutting down
                 return
+
+    def _run_call(self, call_id: int, name: str, args: tuple[Any, ...]) -> None:
+        try:
+            reply: tuple[bool, Any] = (True, self._dispatch(name, args))
+        except CoworkError as exc:
+            reply = (False, str(exc))
+        except Exception as exc:
+            log.warning("egress service %s failed: %s", name, type(exc).__name__)
+            reply = (False, f"{name} failed ({type(exc).__name__})")
+        self._reply(call_id, reply)
+
+    def _reply(self, call_id: int, reply: tuple[bool, Any]) -> None:
+        conn = self._rpc
+        if conn is None:
+            return
+        with self._send_lock, contextlib.suppress(OSError, ValueError):
+            conn.send((call_id, *reply))
 
     def _dispatch(self, name: str, args: tuple[Any, ...]) -> Any:
         if name == "grants":
@@ -336,43 +391,110 @@ class Gateway:
 
 
 class _RpcServices:
-    """The child's view of the parent's services; every failure raises (the addon denies)."""
+    """The child's view of the parent's services. Concurrent: calls are matched to answers by
+    id, each waits at most its own timeout, and a timeout fails that call only. Every failure
+    raises (the addon denies)."""
 
-    def __init__(self, conn: multiprocessing.connection.Connection) -> None:
+    def __init__(
+        self, conn: multiprocessing.connection.Connection, timeouts: Mapping[str, float]
+    ) -> None:
         self._conn = conn
+        self._timeouts = dict(timeouts)
+        self._send_lock = threading.Lock()
         self._lock = threading.Lock()
-        self._broken = False
+        self._pending: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]] = {}
+        self._next = 0
+        self._gone = False
+        self._reader: threading.Thread | None = None
 
-    def _call(self, name: str, *args: Any) -> Any:
+    def _start_reader(self) -> None:
         with self._lock:
-            if self._broken:
-                raise EgressError("the egress gateway lost its host services")
+            if self._reader is None:
+                self._reader = threading.Thread(
+                    target=self._read, name="cowork-egress-rpc", daemon=True
+                )
+                self._reader.start()
+
+    def _read(self) -> None:
+        while True:
             try:
-                self._conn.send((name, args))
-                if not self._conn.poll(_RPC_TIMEOUT):
-                    raise EgressError(f"host service {name} timed out")
-                ok, value = self._conn.recv()
-            except BaseException:
-                self._broken = True
-                raise
-        if not ok:
-            raise EgressError(str(value))
-        return value
+                call_id, ok, value = self._conn.recv()
+            except (EOFError, OSError, ValueError):
+                break
+            with self._lock:
+                entry = self._pending.pop(call_id, None)
+            if entry is not None:
+                loop, fut = entry
+                loop.call_soon_threadsafe(_settle, fut, ok, value)
+        with self._lock:
+            self._gone = True
+            pending, self._pending = list(self._pending.values()), {}
+        for loop, fut in pending:
+            loop.call_soon_threadsafe(_settle, fut, False, "the host services are gone")
 
-    def grants(self) -> Sequence[Grant]:
-        return list(self._call("grants"))
+    async def _call(self, name: str, *args: Any) -> Any:
+        self._start_reader()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        with self._lock:
+            if self._gone:
+                raise EgressError("the egress gateway lost its host services")
+            self._next += 1
+            call_id = self._next
+            self._pending[call_id] = (loop, fut)
+        try:
+            with self._send_lock:
+                self._conn.send((call_id, name, args))
+            return await asyncio.wait_for(fut, self._timeouts.get(name, 10.0))
+        except TimeoutError:
+            raise EgressError(f"host service {name} timed out") from None
+        finally:
+            with self._lock:
+                self._pending.pop(call_id, None)
 
-    def resolve(self, host: str, port: int) -> list[str]:
-        return list(self._call("resolve", host, port))
+    async def grants(self) -> Sequence[Grant]:
+        return list(await self._call("grants"))
 
-    def address_allowed(self, address: str) -> bool:
-        return self._call("address_allowed", address) is True
+    async def resolve(self, host: str, port: int) -> list[str]:
+        return list(await self._call("resolve", host, port))
 
-    def secret(self, credential_id: str) -> str:
-        return str(self._call("secret", credential_id))
+    async def address_allowed(self, address: str) -> bool:
+        return await self._call("address_allowed", address) is True
 
-    def emit(self, kind: str, fields: Mapping[str, Any]) -> None:
-        self._call("emit", kind, dict(fields))
+    async def secret(self, credential_id: str) -> str:
+        return str(await self._call("secret", credential_id))
+
+    async def emit(self, kind: str, fields: Mapping[str, Any]) -> None:
+        await self._call("emit", kind, dict(fields))
+
+
+def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if fut.done():
+        return
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(EgressError(str(value)))
+
+
+class _GuardedReader:
+    """A client's stream reader that reports end of stream once the gate says "no more":
+    the engine then closes the connection instead of buffering without limit."""
+
+    def __init__(self, inner: Any, may_read: Callable[[int], bool]) -> None:
+        self._inner = inner
+        self._may_read = may_read
+        self._total = 0
+
+    async def read(self, n: int = -1) -> bytes:
+        data: bytes = await self._inner.read(n)
+        self._total += len(data)
+        if data and not self._may_read(self._total):
+            return b""
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
 
 def _engine_options(config: _ChildConfig) -> dict[str, Any]:
@@ -407,7 +529,7 @@ def _child_main(
     logging.getLogger("passlib").setLevel(logging.CRITICAL)
     config: _ChildConfig = ctl.recv()
     try:
-        asyncio.run(_serve(config, _RpcServices(rpc), ctl))
+        asyncio.run(_serve(config, _RpcServices(rpc, config.service_timeouts), ctl))
     except Exception as exc:
         with contextlib.suppress(OSError, ValueError):
             ctl.send(("error", f"{type(exc).__name__}: {exc}"))
@@ -421,12 +543,48 @@ async def _serve(
     from mitmproxy.addons import core, next_layer, proxyserver, tlsconfig
     from mitmproxy.master import Master
 
-    from cowork.host.egress.addon import GateAddon
+    from cowork.host.egress.addon import GateAddon, Limits
 
     # mitmproxy's own API is untyped; keep it at arm's length.
     master: Any = Master(options.Options(), with_termlog=False)
     ps: Any = proxyserver.Proxyserver()  # type: ignore[no-untyped-call]
-    gate = GateAddon(services, token=config.token, websockets=config.websockets)
+
+    def close_client(client_id: str) -> bool:
+        """Close a client connection; False when it cannot be closed yet (try again)."""
+        handler = ps.connections.get(client_id)
+        if handler is None:
+            return False
+        io = handler.transports.get(handler.client)
+        if io is not None and io.writer is not None:
+            # Close the socket itself: the engine then sees the peer gone and cleans up.
+            # (Cancelling its task is not enough: a task cancelled before its first step
+            # never closes the socket.)
+            io.writer.close()
+            return True
+        # Still in its client_connected hook: the engine closes it right after.
+        handler.client.error = "closed by cowork egress"
+        return False
+
+    def last_activity(client_id: str) -> float | None:
+        handler = ps.connections.get(client_id)
+        return None if handler is None else float(handler.timeout_watchdog.last_activity)
+
+    def guard_reads(client_id: str, may_read: Callable[[int], bool]) -> None:
+        handler = ps.connections.get(client_id)
+        io = None if handler is None else handler.transports.get(handler.client)
+        if io is not None and io.reader is not None:
+            io.reader = _GuardedReader(io.reader, may_read)
+
+    auth_t, idle_t, pending, clients, flows = config.limits
+    gate = GateAddon(
+        services,
+        token=config.token,
+        websockets=config.websockets,
+        limits=Limits(auth_t, idle_t, int(pending), int(clients), int(flows)),
+        close_client=close_client,
+        last_activity=last_activity,
+        guard_reads=guard_reads,
+    )
 
     class _Ready:
         def running(self) -> None:

@@ -35,8 +35,10 @@ nobody sets keep the built-in **default**.
    - A weaker layer that sets the key replaces the list with its own, each entry kept only
      if the universe has a grant with the same id and the entry is narrower-or-equal: same
      scheme, host, port, credential, inject_header and inject_format; methods ⊆; paths ⊆
-     (as strings); websocket only if the universe's grant has it. Others are dropped with a
-     note. So a workspace can remove or narrow a grant, never add or widen one.
+     (as strings); websocket only if the universe's grant has it; forward_headers ⊆,
+     body_types ⊆, allow_server_tools ⊆; the same body policy or ``anthropic-messages``.
+     Others are dropped with a note. So a workspace can remove or narrow a grant, never add
+     or widen one.
 5. Deny-lists union: ``egress.deny_hosts`` from every layer (workspace included) are joined,
    and every grant whose host pattern overlaps a denied pattern is removed.
 6. The floor, applied last and shown with origin ``floor``:
@@ -45,6 +47,9 @@ nobody sets keep the built-in **default**.
    - ``agent.approval_mode`` must be one of ``agent.allowed_approval_modes``; otherwise the
      strictest allowed mode is used.
    - Without ``egress.allow_websockets``, no grant keeps ``websocket = true``.
+   - A grant for the model API's host (the host of ``agent.base_url``, or
+     ``api.anthropic.com`` when it is unset) that sets no ``body_policy`` gets
+     ``body_policy = "anthropic-messages"``: the model API can itself fetch URLs.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from cowork.host.egress.grants import Grant
 from cowork.host.policy.load import Layer, PolicySource
@@ -168,7 +174,17 @@ def grant_narrower_or_equal(lower: Grant, upper: Grant) -> bool:
         and set(lower.methods) <= set(upper.methods)
         and set(lower.paths) <= set(upper.paths)
         and (upper.websocket or not lower.websocket)
+        and set(lower.forward_headers) <= set(upper.forward_headers)
+        and set(lower.body_types) <= set(upper.body_types)
+        and set(lower.allow_server_tools) <= set(upper.allow_server_tools)
+        and lower.effective_body_policy in (upper.effective_body_policy, "anthropic-messages")
     )
+
+
+def model_api_host(base_url: str | None) -> str:
+    """The host the model API is reached at: ``agent.base_url``'s, or the Anthropic API's."""
+    host = urlsplit(base_url).hostname if base_url else None
+    return (host or "api.anthropic.com").lower()
 
 
 def hosts_overlap(a: str, b: str) -> bool:
@@ -322,6 +338,7 @@ def merge(
         )
         values["agent.approval_mode"] = strictest
         floor.add("agent.approval_mode")
+    model_host = model_api_host(values["agent.base_url"])
     grants: list[Grant] = []
     for g in values["egress.grants"]:
         denied = [d for d in values["egress.deny_hosts"] if hosts_overlap(g.host, d)]
@@ -330,6 +347,8 @@ def merge(
             continue
         if g.websocket and not values["egress.allow_websockets"]:
             g = g.model_copy(update={"websocket": False})
+        if g.body_policy is None and g.host == model_host:
+            g = g.model_copy(update={"body_policy": "anthropic-messages"})
         grants.append(g)
     values["egress.grants"] = tuple(grants)
 

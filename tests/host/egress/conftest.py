@@ -9,11 +9,14 @@ loopback" (127.0.0.1) is still refused.
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime
+import gzip
 import json
 import socket
 import ssl
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +47,10 @@ NAMES = [
     "rebind.allowed.test",
     "self.allowed.test",
     "evil.test",
+    "ro.allowed.test",
+    "slow.allowed.test",
+    "model.allowed.test",
+    "floor.allowed.test",
 ]
 
 
@@ -219,7 +226,11 @@ class Upstream:
     ) -> None:
         extra: list[tuple[str, str]] = []
         status = "200 OK"
-        if target.startswith("/echo"):
+        if target.startswith("/echo/reflect/"):
+            cred = dict(headers).get("authorization", "").removeprefix("Bearer ")
+            mode = target.split("/")[3].split("?")[0]
+            payload, extra = reflect(cred, mode)
+        elif target.startswith("/echo"):
             payload = json.dumps({"headers": headers, "body": body.decode("latin-1")}).encode()
             extra = [(f"x-echo-{k}", v) for k, v in headers]
         elif target.startswith("/ws"):
@@ -259,6 +270,73 @@ class Upstream:
             raise OSError("websocket done")
 
 
+def reflect(cred: str, mode: str) -> tuple[bytes, list[tuple[str, str]]]:
+    """A body (and headers) that hand ``cred`` back in the transform ``mode``."""
+    from urllib.parse import quote
+
+    raw = cred.encode()
+    wrap = b'{"note": "%s"}'
+    if mode == "raw":
+        return wrap % raw, []
+    if mode == "header":
+        return b"{}", [("x-debug", cred)]
+    if mode == "reason":
+        return b"{}", [("x-trace", quote(cred, safe=""))]
+    if mode == "upper":
+        return wrap % raw.upper(), []
+    if mode == "swapcase":
+        return wrap % cred.swapcase().encode(), []
+    if mode == "pct":
+        return wrap % quote(cred, safe="").encode(), []
+    if mode == "pct-all":
+        return wrap % "".join(f"%{b:02x}" for b in raw).encode(), []
+    if mode.startswith("b64-"):
+        k = int(mode[-1])
+        return wrap % base64.b64encode(b"x" * k + raw), []
+    if mode.startswith("b64url-"):
+        k = int(mode[-1])
+        return wrap % base64.urlsafe_b64encode(b"xy"[:k] + raw).rstrip(b"="), []
+    if mode == "hex":
+        return wrap % binascii.hexlify(raw), []
+    if mode == "HEX":
+        return wrap % binascii.hexlify(raw).upper(), []
+    if mode == "utf16le":
+        return cred.encode("utf-16-le"), []
+    if mode == "utf16be":
+        return cred.upper().encode("utf-16-be"), []
+    if mode == "jsonu":
+        return wrap % "".join(f"\\u{ord(c):04x}" for c in cred).encode(), []
+    if mode == "jsonu-mixed":
+        return wrap % "".join(
+            f"\\u{ord(c):04X}" if i % 2 else c for i, c in enumerate(cred)
+        ).encode(), []
+    if mode == "html":
+        return wrap % "".join(f"&#{ord(c)};" for c in cred).encode(), []
+    if mode == "half":
+        return wrap % raw[len(raw) // 2 :], []
+    if mode == "gzip":
+        return gzip.compress(wrap % raw), []
+    if mode == "gzip-gzip":
+        return gzip.compress(gzip.compress(wrap % raw)), []
+    if mode == "deflate":
+        return zlib.compress(wrap % raw), []
+    if mode == "gzip-b64":
+        return gzip.compress(wrap % base64.b64encode(b"x" + raw)), []
+    if mode == "br":
+        import brotli
+
+        return brotli.compress(wrap % raw), []
+    if mode == "zstd":
+        import zstandard
+
+        return zstandard.ZstdCompressor().compress(wrap % raw), []
+    if mode == "outer-gzip":
+        return gzip.compress(gzip.compress(wrap % raw)), [("Content-Encoding", "gzip")]
+    if mode == "clean":
+        return b'{"note": "nothing to see"}', []
+    raise ValueError(mode)
+
+
 # --- resolver ---------------------------------------------------------------------------------
 class FakeResolver:
     """Answers from a table; records every query. A list of lists answers in turn (rebinding)."""
@@ -273,6 +351,9 @@ class FakeResolver:
         with self._lock:
             self.queries.append(host)
             answer = self.table.get(host, [])
+        if callable(answer):
+            return list(answer())
+        with self._lock:
             if answer and isinstance(answer[0], list):
                 i = self._turn.get(host, 0)
                 self._turn[host] = i + 1
@@ -300,6 +381,8 @@ class Env:
     keyring: MemoryKeyring
     gateway_ca: Path
     fault: list[bool] = field(default_factory=lambda: [False])
+    start_gateway: Callable[[GatewaySettings], Gateway] | None = None
+    bus: EventBus | None = None
 
     def reset(self) -> None:
         for u in (self.upstream, self.plain, self.loopback_upstream):
@@ -391,20 +474,35 @@ def egress_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             raise RuntimeError("injected fault in the grants provider")
         return list(grants)
 
-    gw = Gateway.start(
-        provider,
-        events=bus,
-        secrets=secrets,
-        resolver=resolver,
-        address_check=test_address_check,
-        settings=GatewaySettings(allow_websockets=True, max_body_mib=1),
-        upstream_ca_file=pki.ca_file,
-        runtime_dir=tmp / "run",
-    )
+    def start_gateway(settings: GatewaySettings) -> Gateway:
+        """Another gateway on the same upstreams, resolver, keyring and events."""
+        return Gateway.start(
+            provider,
+            events=bus,
+            secrets=secrets,
+            resolver=resolver,
+            address_check=test_address_check,
+            settings=settings,
+            upstream_ca_file=pki.ca_file,
+            runtime_dir=tmp / "run",
+        )
+
+    gw = start_gateway(GatewaySettings(allow_websockets=True, max_body_mib=1))
     ca_path = tmp / "gateway-ca.pem"
     ca_path.write_bytes(gw.ca_cert_pem)
     env = Env(
-        gw, upstream, plain, loopback_upstream, resolver, grants, recorder, kr, ca_path, fault
+        gw,
+        upstream,
+        plain,
+        loopback_upstream,
+        resolver,
+        grants,
+        recorder,
+        kr,
+        ca_path,
+        fault,
+        start_gateway,
+        bus,
     )
     try:
         yield env

@@ -138,3 +138,70 @@ def test_explain_url() -> None:
     assert not explain_url("https://[::1]/", "GET", GRANTS).allowed
     assert not explain_url("ftp://api.example.com/", "GET", GRANTS).allowed
     assert explain_url("https://alt.example.com:8443/x", "GET", GRANTS).allowed
+
+
+def test_pipeline_is_a_sequence_of_small_checks() -> None:
+    from cowork.host.egress.gate import REQUEST_CHECKS
+
+    names = [c.__name__ for c in REQUEST_CHECKS]
+    assert names[:4] == ["check_host", "check_one_name", "check_path", "check_grant"]
+    assert len(set(names)) == len(names)
+
+
+@pytest.mark.parametrize(
+    ("kw", "reason"),
+    [
+        ({"path": "/v1/messages;x"}, "canonical"),
+        ({"path": "/v1/%6dessages"}, "canonical"),
+        ({"headers": (("x-http-method-override", "DELETE"),)}, "method override"),
+        ({"path": "/v1/messages?_method=DELETE"}, "method override"),
+        ({"path": "/v1/messages?x=1;key=abc"}, "did not issue"),
+        ({"path": "/v1/messages?k%00=abc"}, "did not issue"),
+        (
+            {
+                "body": b'{"api_key": "abc"}',
+                "headers": (("content-type", "application/json"),),
+            },
+            "body carries a credential",
+        ),
+        (
+            {"body": b"\x00", "headers": (("content-type", "application/zip"),)},
+            "body_types",
+        ),
+        ({"body_undecodable": True}, "content encoding"),
+        ({"trailers": (("x-anything", "1"),)}, "trailers are not accepted"),
+        (
+            {
+                "trailers": (("authorization", "Bearer x"),),
+                "host": "alt.example.com",
+                "port": 8443,
+                "host_header": "alt.example.com:8443",
+                "tunnel": ("alt.example.com", 8443),
+                "sni": "alt.example.com",
+                "method": "GET",
+                "path": "/",
+            },
+            "trailer carries a credential",
+        ),
+    ],
+)
+def test_second_round_denials(kw: dict[str, object], reason: str) -> None:
+    d = decide_request(facts(**kw), GRANTS)
+    assert not d.allowed
+    assert reason in d.reason
+
+
+def test_headers_to_forward() -> None:
+    from cowork.host.egress.gate import headers_to_forward
+
+    sent = [
+        ("Host", "x"),
+        ("Signature", "s"),
+        ("X-Api-Key", "k"),
+        ("Content-Type", "application/json"),
+        ("X-Custom", "c"),
+    ]
+    bound = headers_to_forward(GRANTS[0], sent)
+    assert [k for k, _ in bound] == ["Host", "Content-Type"]
+    free = headers_to_forward(GRANTS[2], sent)
+    assert [k for k, _ in free] == ["Host", "Signature", "Content-Type", "X-Custom"]

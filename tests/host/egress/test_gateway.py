@@ -173,15 +173,18 @@ def test_placeholders_are_stripped_and_only_injected_credential_sent(env: Env) -
 def test_echo_endpoint_never_returns_the_secret(env: Env) -> None:
     with client(env) as c:
         r = c.get(f"https://echo.allowed.test:{env.upstream.port}/echo")
-    assert r.status_code == 200
     # The upstream did receive it (injection happened) ...
     seen = env.upstream.requests[0]
     assert ("authorization", f"Bearer {SECRET}") in seen.headers
-    # ... but nothing of it reaches the guest: body, headers or reason.
+    # ... but the response reflecting it is refused whole: nothing of it reaches the guest.
+    assert r.status_code == 502
+    assert "reflected the injected credential" in r.text
     assert SECRET not in r.text
     assert all(SECRET not in v for v in r.headers.values())
-    assert "[redacted by cowork]" in r.text
+    assert "x-echo-authorization" not in r.headers
     assert_no_leak(env)
+    denied = env.recorder.of(Kind.EGRESS_DENIED)
+    assert len(denied) == 1 and denied[0].fields["grant"] == "echo"
 
 
 # 3. method / path -----------------------------------------------------------------------------

@@ -310,3 +310,28 @@ def test_fuzz_structured_tables_only_raise_config_error(table):
 def test_fuzz_json_loader_only_raises_config_error(data):
     with contextlib.suppress(ConfigError):
         parse_json(Path("/f.json"), data)
+
+
+@pytest.mark.parametrize(
+    ("extra", "hint"),
+    [
+        ('host = "*.example.com"\ncredential = "gh"\n', "must name one exact host"),
+        ('host = "api.example.com"\nscheme = "http"\ncredential = "gh"\n', "in clear"),
+    ],
+)
+def test_credential_bound_grant_on_wildcard_or_http_is_refused(tmp_path, extra, hint):
+    text = '[[egress.grants]]\nid = "a"\nhost = "a.example.com"\n\n[[egress.grants]]\nid = "b"\n'
+    text += extra
+    (p,) = problems_of(tmp_path, text)
+    assert str(tmp_path / "policy.toml") in p
+    assert "egress.grants[1]" in p and hint in p and "'b'" in p
+
+
+def test_grant_header_and_body_fields_are_validated(tmp_path):
+    base = '[[egress.grants]]\nid = "a"\nhost = "a.example.com"\ncredential = "gh"\n'
+    (p,) = problems_of(tmp_path, base + 'forward_headers = ["Authorization"]\n')
+    assert "forward_headers" in p and "carries credentials" in p
+    (p,) = problems_of(tmp_path, base + 'body_types = ["json"]\n')
+    assert "body_types" in p and "media type" in p
+    (p,) = problems_of(tmp_path, base + 'body_policy = "open"\n')
+    assert "body_policy" in p

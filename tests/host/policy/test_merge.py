@@ -351,3 +351,43 @@ def test_allowed_approval_modes_intersect():
     disjoint = merge(admin, layer("workspace", "[agent]\nallowed_approval_modes = ['auto']\n"))
     assert disjoint.agent.allowed_approval_modes == ("ask", "deny-risky")
     assert any("shares no mode" in n for n in disjoint.notes)
+
+
+def test_model_api_grant_gets_the_messages_body_policy():
+    text = grant(id="model", host="api.anthropic.com") + grant(id="other")
+    p = merge(ADMIN_NONE, layer("user", text))
+    by_id = {g.id: g for g in p.egress.grants}
+    assert by_id["model"].body_policy == "anthropic-messages"
+    assert by_id["other"].body_policy is None
+    assert by_id["other"].effective_body_policy == "none"
+
+
+def test_grant_for_the_configured_base_url_gets_the_body_policy():
+    text = "[agent]\nbase_url = 'https://llm.example.org/proxy'\n" + grant(
+        id="gw", host="llm.example.org"
+    )
+    p = merge(ADMIN_NONE, layer("user", text))
+    assert p.egress.grants[0].body_policy == "anthropic-messages"
+
+
+def test_explicit_body_policy_is_kept():
+    text = grant(id="model", host="api.anthropic.com") + 'body_policy = "none"\n'
+    p = merge(ADMIN_NONE, layer("user", text))
+    assert p.egress.grants[0].body_policy == "none"
+
+
+def test_workspace_cannot_widen_the_new_grant_fields():
+    admin = layer(
+        "admin", grant() + 'credential = "c"\nforward_headers = ["x-a"]\nbody_policy = "none"\n'
+    )
+    for extra in (
+        'credential = "c"\nforward_headers = ["x-a", "x-b"]\nbody_policy = "none"\n',
+        'credential = "c"\nforward_headers = ["x-a"]\nbody_policy = "none"\nbody_types = ["*/*"]\n',
+        'credential = "c"\nforward_headers = ["x-a"]\nbody_policy = "none"\n'
+        'allow_server_tools = ["web_fetch"]\n',
+    ):
+        p = merge(admin, layer("user", ""), layer("workspace", grant() + extra))
+        assert p.egress.grants == ()
+    narrower = 'credential = "c"\nforward_headers = []\nbody_policy = "anthropic-messages"\n'
+    p = merge(admin, layer("user", ""), layer("workspace", grant() + narrower))
+    assert [g.id for g in p.egress.grants] == ["api"]
