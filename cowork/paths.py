@@ -35,6 +35,7 @@ CONSOLE_LOG_FILE = "console.log"
 CHANNEL_SOCKET_FILE = "channel.sock"
 CLIENT_KEY_FILE = "client_key"
 WORKSPACE_CLAUDE_DIR = ".claude"
+TEMPLATES_DIR = "templates"
 WORKSPACE_CONFIG_FILES = (
     ".claude/settings.json",
     ".claude/settings.local.json",
@@ -91,6 +92,11 @@ class Paths:
 
     def image_dir(self, recipe_hash: str) -> Path:
         return self.images / recipe_hash
+
+    @property
+    def templates(self) -> Path:
+        """Warm-start templates: saved guests, one folder per template key."""
+        return self.cache / TEMPLATES_DIR
 
     # --- policy -------------------------------------------------------------------
     @property

@@ -58,6 +58,7 @@ class Kind(enum.StrEnum):
     AGENT_FINISHED = "agent.finished"
     SESSION_STARTED = "session.started"
     SESSION_ENDED = "session.ended"
+    VM_WARM = "vm.warm"  # warm start: template built, restored, or fell back to cold boot
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ Shape (TOML)::
     version = 1
     locks = ["egress.grants", "agent.base_url"]
 
-    [vm]        cpus, memory_mib, accel, libvirt_uri, keep_overlay, boot_timeout_s
+    [vm]        cpus, memory_mib, accel, libvirt_uri, keep_overlay, boot_timeout_s, start_mode
     [mounts]    workspace_writable, claude_dir, claude_writable
     [egress]    grants (list of Grant), deny_hosts, allow_websockets, max_body_mib
     [agent]     model, base_url, approval_mode, allowed_approval_modes, max_turns, max_tokens
@@ -64,6 +64,11 @@ class VMSection(_Section):
     )
     boot_timeout_s: int = Field(
         default=300, ge=10, le=3600, description="Destroy a guest not ready after this long."
+    )
+    start_mode: Literal["cold", "restore"] = Field(
+        default="cold",
+        description="'restore' starts a session from a saved, reseeded template guest "
+        "(built once per image, guest code and VM size); 'cold' boots every time.",
     )
 
 
