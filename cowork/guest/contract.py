@@ -81,6 +81,9 @@ class Seed:
     template: bool = False
     entropy: str = ""
     vmgenid: bool = False
+    #: The host's clock (epoch seconds) when it wrote the seed: a restored guest's clock
+    #: stands still at the template's save time until it is set from this.
+    host_time: float = 0.0
 
     def to_payload(self) -> dict[str, Any]:
         return asdict(self)

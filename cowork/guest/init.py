@@ -650,6 +650,15 @@ def warm_reseed(seed: Seed, log: Log, urandom: str = "/dev/urandom") -> None:
     log(f"random state reseeded ({len(raw)} bytes of host entropy, vmgenid {seed.vmgenid})")
 
 
+def warm_set_clock(seed: Seed, log: Log) -> None:
+    """Set the clock of a restored guest from the session seed: it stood still from the
+    template's save until now, and certificates made for this session would not yet be
+    valid. Never moves the clock back."""
+    if seed.host_time > time.time():
+        time.clock_settime(time.CLOCK_REALTIME, seed.host_time)
+        log(f"clock set to the host's ({seed.host_time:.0f})")
+
+
 def read_fresh_seed(device: str) -> Seed | None:
     """The seed on ``device`` read past the page cache, or None while it is not readable."""
     fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
@@ -692,6 +701,7 @@ def setup(log: Log) -> tuple[Seed, str]:
     if seed.template:
         seed = warm_template_wait(seed, device, log)
         warm_reseed(seed, log)
+        warm_set_clock(seed, log)
     elif seed.entropy:
         warm_reseed(seed, log)
     log(f"seed {device}: session {seed.session}, {len(seed.mounts)} shares")

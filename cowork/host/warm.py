@@ -183,7 +183,7 @@ def seed_bytes(seed: contract.Seed) -> bytes:
 def session_seed(seed: contract.Seed) -> contract.Seed:
     """``seed`` with fresh host entropy and the generation ID flag, for a restored guest."""
     entropy = base64.b64encode(secrets.token_bytes(contract.ENTROPY_BYTES)).decode()
-    return replace(seed, entropy=entropy, vmgenid=True, template=False)
+    return replace(seed, entropy=entropy, vmgenid=True, template=False, host_time=time.time())
 
 
 def template_seed(name: str) -> contract.Seed:
