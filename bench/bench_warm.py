@@ -68,6 +68,46 @@ def _start(root: Path, cache: Path, mode: str, memory: int, i: int) -> dict[str,
         shutil.rmtree(paths.runtime, ignore_errors=True)
 
 
+def _pool_takes(root: Path, cache: Path, memory: int, n: int) -> list[dict[str, object]]:
+    """Take from a one-guest pool ``n`` times, waiting for the refill in between."""
+    paths = replace(Paths.under(root / "pool"), cache=cache, runtime=Path(
+        tempfile.mkdtemp(prefix="cwb", dir="/tmp")))  # fmt: skip
+    ws = root / "ws-pool"
+    ws.mkdir(parents=True)
+    if os.getuid() == 0:
+        os.chown(ws, 4321, 4321)
+    claude = root / "claude-pool"
+    claude.mkdir()
+    settings = VMSettings(claude_dir=claude, memory_mib=memory, start_mode="restore")
+    pool = warm.WarmPool(
+        lambda: Session.open(ws, paths=paths, events=EventBus(), settings=settings),
+        size=1, guest_memory_mib=memory, memory_cap_mib=memory,
+    )  # fmt: skip
+    out: list[dict[str, object]] = []
+    try:
+        for _ in range(n):
+            assert pool.wait_ready(1, timeout=600), "the pool did not fill"
+            t0 = time.perf_counter()
+            sess = pool.take()
+            assert sess is not None
+            try:
+                result = sess.channel.run("true")
+                seconds = time.perf_counter() - t0
+                assert result.ok, result.stderr
+                status = sess.backend.status(sess.name)
+                out.append({
+                    "seconds": seconds, "mode": sess.state.start_mode,
+                    "rss_kib": _rss_kib(status.pid),
+                    "overlay_bytes": _allocated(sess.dir / OVERLAY_FILE),
+                })  # fmt: skip
+            finally:
+                sess.close()
+    finally:
+        pool.close()
+        shutil.rmtree(paths.runtime, ignore_errors=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=5)
@@ -85,6 +125,7 @@ def main() -> None:
         for i in range(1, args.n + 1):
             for mode in ("cold", "restore"):
                 runs[mode].append(_start(root, cache, mode, args.memory, i))
+        runs["pool"] = _pool_takes(root, cache, args.memory, args.n)
         templates = [d for d in (cache / "templates").iterdir() if d.is_dir()]
         tdir = templates[0]
         medians = {
@@ -99,7 +140,9 @@ def main() -> None:
             "restore_median_s": round(medians["restore"], 2),
             "restore_over_cold": round(medians["restore"] / medians["cold"], 3),
             "restore_goal": 0.2,
-            "pool": "not implemented",
+            "pool_take_median_s": round(medians["pool"], 3),
+            "pool_over_cold": round(medians["pool"] / medians["cold"], 4),
+            "pool_goal": 0.05,
             "samples_s": {
                 m: [round(float(str(r["seconds"])), 2) for r in rs] for m, rs in runs.items()
             },

@@ -51,6 +51,7 @@ from cowork.paths import CHANNEL_SOCKET_FILE, CONSOLE_LOG_FILE, Paths
 if TYPE_CHECKING:
     from cowork.host.channel import Channel
     from cowork.host.image import ImageInfo
+    from cowork.host.session import Session
 
 #: Bumped when the template layout or the guest's wait protocol changes.
 TEMPLATE_FORMAT = 1
@@ -349,9 +350,11 @@ def prepare(
 
 __all__ = [
     "COLD",
+    "POOL",
     "RESTORE",
     "Template",
     "TemplateKey",
+    "WarmPool",
     "build_template",
     "find_template",
     "guest_code_hash",
@@ -401,3 +404,108 @@ def restore(
         raise
     events.emit(Kind.VM_WARM, session=spec.name, phase="restored", template=template.key.digest())
     return channel
+
+
+# --- the pool ---------------------------------------------------------------------------------
+#: The start mode recorded for a session taken from a pool.
+POOL = "pool"
+
+
+class WarmPool:
+    """Sessions restored and ready ahead of time, for one workspace and one set of settings;
+    kept by a long-running owner of sessions (the daemon).
+
+    ``opener()`` opens one fresh session (normally ``Session.open(..., start_mode="restore")``):
+    every guest in the pool was restored with its own keys, token, shares and entropy, like
+    any other session. :meth:`take` hands one over (never the same twice) and the pool refills
+    in its background thread; :meth:`close` destroys every guest still waiting.
+
+    ``size`` 0 means off. ``memory_cap_mib`` bounds the memory of the guests waiting
+    (``size`` is lowered to fit, each guest counting ``guest_memory_mib``).
+    """
+
+    def __init__(
+        self,
+        opener: Callable[[], Session],
+        *,
+        size: int,
+        guest_memory_mib: int,
+        memory_cap_mib: int,
+        events: EventBus | None = None,
+        retry_seconds: float = 30.0,
+    ) -> None:
+        import threading
+
+        self._opener = opener
+        self.size = max(0, min(size, memory_cap_mib // max(1, guest_memory_mib)))
+        self._events = events
+        self._retry = retry_seconds
+        self._ready: list[Session] = []
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        if self.size > 0:
+            self._thread = threading.Thread(target=self._fill, name="warm-pool", daemon=True)
+            self._thread.start()
+            self._wake.set()
+
+    @property
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._ready)
+
+    def take(self) -> Session | None:
+        """A ready session, removed from the pool (None when the pool is empty or off)."""
+        t0 = time.monotonic()
+        with self._lock:
+            sess = self._ready.pop(0) if self._ready else None
+        self._wake.set()
+        if sess is None:
+            return None
+        took = round(time.monotonic() - t0, 3)
+        sess.state = replace(sess.state, start_mode=POOL, boot_seconds=took)
+        from cowork.paths import SESSION_STATE_FILE
+
+        (sess.dir / SESSION_STATE_FILE).write_text(json.dumps(asdict(sess.state), indent=2))
+        if self._events is not None:
+            self._events.emit(Kind.VM_WARM, session=sess.name, phase="taken", seconds=took)
+        return sess
+
+    def wait_ready(self, count: int, timeout: float) -> bool:
+        """Block until ``count`` guests wait in the pool (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.waiting >= count:
+                return True
+            time.sleep(0.1)
+        return False
+
+    def _fill(self) -> None:
+        while not self._closed:
+            self._wake.wait(timeout=self._retry)
+            self._wake.clear()
+            while not self._closed and self.waiting < self.size:
+                try:
+                    sess = self._opener()
+                except Exception as exc:  # the pool is an optimisation: never fatal
+                    if self._events is not None:
+                        self._events.emit(Kind.VM_WARM, phase="pool-fill-failed", reason=str(exc))
+                    break
+                with self._lock:
+                    if self._closed:
+                        sess.close()
+                        return
+                    self._ready.append(sess)
+
+    def close(self) -> None:
+        """Stop refilling and destroy every guest still waiting. Idempotent."""
+        self._closed = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=TEMPLATE_BOOT_TIMEOUT)
+        with self._lock:
+            ready, self._ready = self._ready, []
+        for sess in ready:
+            with contextlib.suppress(CoworkError):
+                sess.close()

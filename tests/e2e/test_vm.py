@@ -17,10 +17,11 @@ from tests.e2e.conftest import Booted, expected_owner, make_warm_paths, make_wor
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module", params=["cold", "restore"])
+@pytest.fixture(scope="module", params=["cold", "restore", "pool"])
 def sealed(request, booted, warm_cache, tmp_path_factory) -> Iterator[Booted]:
-    """The module's cold-booted guest, then a guest restored from a warm-start template:
-    the isolation checks below must hold for every way a session starts."""
+    """The module's cold-booted guest, then a guest restored from a warm-start template,
+    then one taken from a warm pool: the isolation checks below must hold for every way a
+    session starts."""
     if request.param == "cold":
         yield booted
         return
@@ -39,12 +40,26 @@ def sealed(request, booted, warm_cache, tmp_path_factory) -> Iterator[Booted]:
     bus, rec = EventBus(), Recorder()
     bus.subscribe(rec)
     settings = VMSettings(claude_dir=claude, memory_mib=1024, start_mode="restore")
-    sess = Session.open(ws, paths=paths, events=bus, settings=settings)
+    pool = None
+    if request.param == "pool":
+        from cowork.host.warm import WarmPool
+
+        pool = WarmPool(
+            lambda: Session.open(ws, paths=paths, events=bus, settings=settings),
+            size=1, guest_memory_mib=1024, memory_cap_mib=1024, events=bus,
+        )  # fmt: skip
+        assert pool.wait_ready(1, timeout=600)
+        sess = pool.take()
+        assert sess is not None
+    else:
+        sess = Session.open(ws, paths=paths, events=bus, settings=settings)
     try:
-        assert sess.state.start_mode == "restore"
+        assert sess.state.start_mode == request.param
         yield Booted(sess, ws, claude, outside, rec)
     finally:
         sess.close()
+        if pool is not None:
+            pool.close()
         shutil.rmtree(paths.runtime, ignore_errors=True)
 
 

@@ -164,3 +164,100 @@ def test_the_template_marker_wait_reports_a_failed_guest(tmp_path):
         warm.wait_for_marker(log, "COWORK-TEMPLATE x", timeout=5)
     log.write_text("boot\nCOWORK-TEMPLATE x\n")
     warm.wait_for_marker(log, "COWORK-TEMPLATE x", timeout=5)
+
+
+class FakeSession:
+    """Just enough of a Session for the pool: a state, a folder, and close()."""
+
+    def __init__(self, root: Path, n: int) -> None:
+        from cowork.host.session import SessionState
+
+        self.state = SessionState(
+            name=f"cowork-p-{n}", workspace="/w", created_at=0.0, boot_seconds=3.0,
+            accel="tcg", uri="", mounts=[], host_public_key=f"k{n}", agent_uid=1,
+            agent_gid=1, image_recipe="r", start_mode="restore",
+        )  # fmt: skip
+        self.dir = root / self.state.name
+        self.dir.mkdir()
+        self.closed = False
+
+    @property
+    def name(self) -> str:
+        return self.state.name
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_pool_hands_out_each_guest_once_and_refills(tmp_path):
+    made: list[FakeSession] = []
+
+    def opener() -> FakeSession:
+        made.append(FakeSession(tmp_path, len(made)))
+        return made[-1]
+
+    bus, rec = EventBus(), Recorder()
+    bus.subscribe(rec)
+    pool = warm.WarmPool(
+        opener,
+        size=2,
+        guest_memory_mib=1024,
+        memory_cap_mib=8192,
+        events=bus,  # type: ignore[arg-type]
+    )
+    try:
+        assert pool.wait_ready(2, timeout=10)
+        first, second = pool.take(), pool.take()
+        assert first is not None and second is not None and first is not second
+        assert first.state.start_mode == warm.POOL
+        saved = json.loads((first.dir / "session.json").read_text())
+        assert saved["start_mode"] == "pool"
+        assert pool.wait_ready(2, timeout=10)
+        taken = {first.name, second.name}
+        assert all(s.name not in taken for s in pool._ready)
+        assert [e.fields["phase"] for e in rec.of(Kind.VM_WARM)].count("taken") == 2
+    finally:
+        pool.close()
+    waiting = [s for s in made if s not in (first, second)]
+    assert waiting and all(s.closed for s in waiting)
+    assert not first.closed  # a taken session belongs to its taker
+
+
+def test_the_pool_is_off_at_size_zero_and_bounded_by_memory(tmp_path):
+    made: list[FakeSession] = []
+
+    def opener() -> FakeSession:
+        made.append(FakeSession(tmp_path, len(made)))
+        return made[-1]
+
+    off = warm.WarmPool(opener, size=0, guest_memory_mib=1024, memory_cap_mib=8192)  # type: ignore[arg-type]
+    assert off.take() is None
+    off.close()
+    assert made == []
+    capped = warm.WarmPool(opener, size=4, guest_memory_mib=1024, memory_cap_mib=2048)  # type: ignore[arg-type]
+    try:
+        assert capped.size == 2
+        assert capped.wait_ready(2, timeout=10)
+        assert not capped.wait_ready(3, timeout=0.5)
+    finally:
+        capped.close()
+
+
+def test_a_failing_fill_is_reported_not_raised(tmp_path):
+    def opener() -> FakeSession:
+        raise warm.BackendError("no VM today")
+
+    bus, rec = EventBus(), Recorder()
+    bus.subscribe(rec)
+    pool = warm.WarmPool(opener, size=1, guest_memory_mib=1024, memory_cap_mib=1024, events=bus)  # type: ignore[arg-type]
+    try:
+        deadline = 50
+        while not rec.of(Kind.VM_WARM) and deadline:
+            import time
+
+            time.sleep(0.1)
+            deadline -= 1
+        assert rec.of(Kind.VM_WARM)[0].fields["phase"] == "pool-fill-failed"
+        assert pool.take() is None
+    finally:
+        pool.close()
