@@ -391,6 +391,7 @@ class Session:
                     ),
                 )  # fmt: skip
                 if channel is None:  # fell back: boot cold over the image's own disk
+                    _write_private(sdir / SEED_FILE, contract.encode_seed(warm.cold_seed(seed)))
                     overlay.unlink()
                     create_overlay(info.base_disk, overlay)
                 else:

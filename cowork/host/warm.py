@@ -187,6 +187,12 @@ def session_seed(seed: contract.Seed) -> contract.Seed:
     return replace(seed, entropy=entropy, vmgenid=True, template=False, host_time=time.time())
 
 
+def cold_seed(seed: contract.Seed) -> contract.Seed:
+    """``seed`` for a cold boot after a failed restore: a booted kernel has its own random
+    state, so nothing is asked of a generation ID device it may not have."""
+    return replace(seed, entropy="", vmgenid=False, host_time=0.0)
+
+
 def template_seed(name: str) -> contract.Seed:
     """A seed with nothing session-specific: no keys, mounts, environment or entropy."""
     return contract.Seed(
