@@ -170,6 +170,28 @@ def remove_template(paths: Paths, key: TemplateKey) -> None:
     shutil.rmtree(template_dir(paths, key), ignore_errors=True)
 
 
+def prune_stale(paths: Paths, current: TemplateKey) -> list[Path]:
+    """Remove templates of another image or guest code than ``current`` (they can never be
+    used again: each image or guest code change makes new ones). Other sizes are kept."""
+    removed: list[Path] = []
+    if not paths.templates.is_dir():
+        return removed
+    for directory in paths.templates.iterdir():
+        if not directory.is_dir() or directory.name.startswith("."):
+            continue
+        try:
+            key = json.loads((directory / MANIFEST_FILE).read_text())["key"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a template we understand: leave it alone
+        if (key.get("image_recipe"), key.get("guest_code")) != (
+            current.image_recipe,
+            current.guest_code,
+        ):
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory)
+    return removed
+
+
 def seed_bytes(seed: contract.Seed) -> bytes:
     """The seed disk for a warm start, padded to :data:`WARM_SEED_BYTES`."""
     data = contract.encode_seed(seed)
@@ -302,6 +324,7 @@ def build_template(
             final = template_dir(paths, key)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(work, final)
+            prune_stale(paths, key)
         except BaseException:
             if defined:
                 with contextlib.suppress(CoworkError):
@@ -365,6 +388,7 @@ __all__ = [
     "find_template",
     "guest_code_hash",
     "prepare",
+    "prune_stale",
     "remove_template",
     "restore",
     "seed_bytes",

@@ -261,3 +261,14 @@ def test_a_failing_fill_is_reported_not_raised(tmp_path):
         assert pool.take() is None
     finally:
         pool.close()
+
+
+def test_templates_of_an_older_image_or_guest_code_are_pruned(paths):
+    current = key()
+    keep = [install(paths, current), install(paths, key(cpus=4))]
+    stale = [install(paths, key(image_recipe="r0")), install(paths, key(guest_code="g0"))]
+    odd = paths.templates / "not-a-template"
+    odd.mkdir()
+    removed = warm.prune_stale(paths, current)
+    assert sorted(removed) == sorted(stale)
+    assert all(d.is_dir() for d in keep) and odd.is_dir()
