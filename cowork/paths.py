@@ -38,6 +38,7 @@ CLIENT_KEY_FILE = "client_key"
 WORKSPACE_CLAUDE_DIR = ".claude"
 AUDIT_ANCHORS_FILE = "audit-anchors.jsonl"
 EXPORT_QUEUE_DIR = "export-queue"
+TEMPLATES_DIR = "templates"
 WORKSPACE_CONFIG_FILES = (
     ".claude/settings.json",
     ".claude/settings.local.json",
@@ -94,6 +95,11 @@ class Paths:
 
     def image_dir(self, recipe_hash: str) -> Path:
         return self.images / recipe_hash
+
+    @property
+    def templates(self) -> Path:
+        """Warm-start templates: saved guests, one folder per template key."""
+        return self.cache / TEMPLATES_DIR
 
     # --- policy -------------------------------------------------------------------
     @property

@@ -209,6 +209,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"state:       {status.state.value}")
         print(f"workspace:   {state.workspace}")
         print(f"boot time:   {state.boot_seconds:.1f} s")
+        print(f"started by:  {state.start_mode} ({state.boot_seconds:.1f} s to ready)")
         print(f"accel:       {state.accel}")
         print(f"libvirt:     {state.uri}")
         print(f"agent uid:   {state.agent_uid}:{state.agent_gid}")

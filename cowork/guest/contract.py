@@ -46,6 +46,11 @@ PROXY_PORT = 3128
 GUEST_LIB_DIR = "/run/cowork/lib"
 #: Where the guest's init writes its own log (root-only).
 GUEST_LOG = "/run/cowork/init.log"
+#: A template guest prints this line (then the template's session name) on the console when
+#: it waits for its session seed: the host saves it from then on.
+TEMPLATE_MARKER = "COWORK-TEMPLATE"
+#: Bytes of fresh host entropy a session seed for a restored guest carries (at least).
+ENTROPY_BYTES = 64
 #: Handshake on the channel before SSH starts: host sends SYNC, guest answers ACK.
 SYNC_PREFIX = b"SYNC "
 ACK_PREFIX = b"ACK "
@@ -71,6 +76,16 @@ class Seed:
     guest_code: dict[str, str] = field(default_factory=dict)  # relative path -> source
     hostname: str = "cowork"
     channel_port: str = CHANNEL_PORT
+    #: Warm start. A template seed (``template``) stops the guest before anything
+    #: session-specific and makes it wait for a fresh seed on the same disk; a session seed
+    #: for a restored guest carries fresh host entropy (base64) and says whether the VM has a
+    #: generation ID device, and the guest refuses to serve until both were applied.
+    template: bool = False
+    entropy: str = ""
+    vmgenid: bool = False
+    #: The host's clock (epoch seconds) when it wrote the seed: a restored guest's clock
+    #: stands still at the template's save time until it is set from this.
+    host_time: float = 0.0
 
     def to_payload(self) -> dict[str, Any]:
         return asdict(self)

@@ -594,12 +594,116 @@ def read_seed(device: str) -> Seed:
         raise InitError(f"{device}: {exc}") from exc
 
 
+# --- warm start: template wait and reseed (see cowork.host.warm) ---------------------------
+#: ioctls on /dev/urandom (linux/random.h) and on a block device (linux/fs.h).
+RNDADDENTROPY = 0x40085203
+RNDRESEEDCRNG = 0x5207
+BLKFLSBUF = 0x1261
+VMGENID_DRIVER_DIR = "/sys/bus/acpi/drivers/vmgenid"
+WARM_POLL_SECONDS = 0.02
+
+
+def entropy_request(entropy: bytes) -> bytes:
+    """The ``struct rand_pool_info`` for RNDADDENTROPY: credit 8 bits per byte given."""
+    return struct.pack("ii", len(entropy) * 8, len(entropy)) + entropy
+
+
+def decode_entropy(text: str) -> bytes:
+    """The seed's entropy, or InitError if it is missing or too short (fail closed)."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError as exc:
+        raise InitError("the seed's entropy is not base64") from exc
+    if len(raw) < contract.ENTROPY_BYTES:
+        raise InitError(
+            f"the seed carries {len(raw)} bytes of entropy; a restored guest needs at least "
+            f"{contract.ENTROPY_BYTES} before it makes a key or runs anything"
+        )
+    return raw
+
+
+def vmgenid_bound(driver_dir: str = VMGENID_DRIVER_DIR) -> bool:
+    """Whether the kernel's vmgenid driver is bound to a generation ID device: it then
+    reseeds the kernel's random number generator when the hypervisor changes the ID."""
+    try:
+        return any(":" in entry for entry in os.listdir(driver_dir))
+    except OSError:
+        return False
+
+
+def warm_reseed(seed: Seed, log: Log, urandom: str = "/dev/urandom") -> None:
+    """Mix the seed's fresh host entropy into the kernel and force a reseed, and check the
+    generation ID driver where the host says the VM has the device. Raises InitError if
+    either is missing: a restored guest shares its random state with every other clone of
+    the template until this has happened."""
+    raw = decode_entropy(seed.entropy)
+    if seed.vmgenid:
+        subprocess.run(["/sbin/modprobe", "-q", "vmgenid"], capture_output=True, check=False)
+        if not vmgenid_bound():
+            raise InitError("the VM has a generation ID device but the vmgenid driver is absent")
+    fd = os.open(urandom, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, RNDADDENTROPY, entropy_request(raw))
+        fcntl.ioctl(fd, RNDRESEEDCRNG)
+    finally:
+        os.close(fd)
+    log(f"random state reseeded ({len(raw)} bytes of host entropy, vmgenid {seed.vmgenid})")
+
+
+def warm_set_clock(seed: Seed, log: Log) -> None:
+    """Set the clock of a restored guest from the session seed: it stood still from the
+    template's save until now, and certificates made for this session would not yet be
+    valid. Never moves the clock back."""
+    if seed.host_time > time.time():
+        time.clock_settime(time.CLOCK_REALTIME, seed.host_time)
+        log(f"clock set to the host's ({seed.host_time:.0f})")
+
+
+def read_fresh_seed(device: str) -> Seed | None:
+    """The seed on ``device`` read past the page cache, or None while it is not readable."""
+    fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, BLKFLSBUF)
+    finally:
+        os.close(fd)
+    try:
+        return read_seed(device)
+    except InitError:
+        return None
+
+
+def warm_template_wait(template: Seed, device: str, log: Log) -> Seed:
+    """Stop before anything session-specific and wait for the session's seed.
+
+    Only session-independent work happens here (kernel modules). Nothing reads the kernel's
+    boot ID, makes a key or mounts a share before the host saves the guest: each clone then
+    makes its boot ID and keys after its own reseed. The host swaps the seed disk's file when
+    it restores a clone; this polls the disk past the page cache until a non-template seed
+    appears.
+    """
+    load_modules(log)
+    log(f"template {template.session}: waiting for a session seed")
+    console(f"{contract.TEMPLATE_MARKER} {template.session}")
+    while True:
+        fresh = read_fresh_seed(device)
+        if fresh is not None and not fresh.template and fresh.session != template.session:
+            log(f"restored from template {template.session} as session {fresh.session}")
+            return fresh
+        time.sleep(WARM_POLL_SECONDS)
+
+
 def setup(log: Log) -> tuple[Seed, str]:
     """Every step before readiness. Raises InitError (or OSError) on any failure."""
     device = os.environ.get(SEED_DEVICE_ENV) or find_seed_device()
     if not device:
         raise InitError(f"no disk with serial {contract.SEED_SERIAL}")
     seed = read_seed(device)
+    if seed.template:
+        seed = warm_template_wait(seed, device, log)
+        warm_reseed(seed, log)
+        warm_set_clock(seed, log)
+    elif seed.entropy:
+        warm_reseed(seed, log)
     log(f"seed {device}: session {seed.session}, {len(seed.mounts)} shares")
     load_modules(log)
     prepare_dev()

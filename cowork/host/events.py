@@ -66,6 +66,7 @@ class Kind(enum.StrEnum):
     GUEST_FILE = "guest.file"
     GUEST_SOCKET = "guest.socket"
     MONITOR_LOST = "monitor.lost"
+    VM_WARM = "vm.warm"  # warm start: template built, restored, or fell back to cold boot
 
 
 @dataclass(frozen=True)

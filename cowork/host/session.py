@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cowork.errors import BackendError, BootTimeout, ChannelError, CoworkError, UsageError
 from cowork.guest import contract
 from cowork.host import image as image_mod
+from cowork.host import warm
 from cowork.host import workspace as ws_mod
 from cowork.host.channel import Channel
 from cowork.host.egress.gateway import Gateway, GatewaySettings
@@ -76,6 +77,7 @@ class VMSettings:
     claude_dir: Path | None = None  # None: ~/.claude
     claude_writable: bool = False
     workspace_writable: bool = True
+    start_mode: str = "cold"  # "cold" | "restore" (cowork.host.warm)
 
     @classmethod
     def from_policy(cls, policy: Policy) -> VMSettings:
@@ -90,6 +92,7 @@ class VMSettings:
             claude_dir=Path(mounts.claude_dir).expanduser() if mounts.claude_dir else None,
             claude_writable=mounts.claude_writable,
             workspace_writable=mounts.workspace_writable,
+            start_mode=vm.start_mode,
         )
 
 
@@ -138,6 +141,7 @@ class SessionState:
     agent_uid: int
     agent_gid: int
     image_recipe: str
+    start_mode: str = "cold"  # how the VM started: "cold" boot or "restore" of a template
 
 
 def _slug(text: str) -> str:
@@ -329,6 +333,15 @@ class Session:
                     "session disks so far"
                 )
 
+            template = None
+            if settings.start_mode == warm.RESTORE:
+                template = warm.prepare(
+                    paths, info,
+                    warm.template_key(info.recipe_hash, cpus=settings.cpus,
+                                      memory_mib=settings.memory_mib, accel=choice.accel,
+                                      shares=shares),
+                    backend, create_overlay=create_overlay, events=events, say=say,
+                )  # fmt: skip
             seed_env: dict[str, str] = {}
             ca_certs: tuple[str, ...] = ()
             if egress is not None:
@@ -349,10 +362,14 @@ class Session:
                 ca_certs=ca_certs,
                 guest_code=contract.guest_code_files(),
             )
-            _write_private(sdir / SEED_FILE, contract.encode_seed(seed))
+            if template is not None:
+                seed = warm.session_seed(seed)
+                _write_private(sdir / SEED_FILE, warm.seed_bytes(seed))
+            else:
+                _write_private(sdir / SEED_FILE, contract.encode_seed(seed))
             del host_priv
             overlay = sdir / OVERLAY_FILE
-            create_overlay(info.base_disk, overlay)
+            create_overlay(template.disk if template else info.base_disk, overlay)
 
             spec = VMSpec(
                 name=name,
@@ -369,29 +386,46 @@ class Session:
                 memory_mib=settings.memory_mib,
                 accel=choice.accel,
             ).validate()
-            say(f"starting the sealed VM {name} ({choice.accel.value})…")
             t0 = time.monotonic()
-            backend.validate(spec)
-            backend.create(spec)
-            defined = True
-            backend.start(name)
-            events.emit(Kind.VM_STARTED, session=name, accel=choice.accel.value)
-            say("waiting for the guest to boot (under software emulation this takes a while)…")
-            try:
-                channel = Channel.connect(
-                    spec.channel_socket,
-                    host_key=host_pub,
-                    client_key=client_priv,
-                    user=contract.AGENT_USER,
-                    timeout=settings.boot_timeout_s,
-                    events=events,
-                )
-            except ChannelError as exc:
-                tail = console_tail(spec.console_log)
-                raise BootTimeout(
-                    f"the VM {name} did not become ready within {settings.boot_timeout_s:.0f} s "
-                    f"({exc}); it has been destroyed. Last console lines:\n{tail}"
-                ) from exc
+            start_mode = warm.COLD
+            if template is not None:
+                channel = warm.restore(
+                    template, spec, backend, paths=paths, events=events, say=say,
+                    connect=lambda timeout: Channel.connect(
+                        spec.channel_socket, host_key=host_pub, client_key=client_priv,
+                        user=contract.AGENT_USER, timeout=timeout, events=events,
+                    ),
+                )  # fmt: skip
+                if channel is None:  # fell back: boot cold over the image's own disk
+                    _write_private(sdir / SEED_FILE, contract.encode_seed(warm.cold_seed(seed)))
+                    overlay.unlink()
+                    create_overlay(info.base_disk, overlay)
+                else:
+                    defined, start_mode = True, warm.RESTORE
+            if channel is None:
+                say(f"starting the sealed VM {name} ({choice.accel.value})…")
+                backend.validate(spec)
+                backend.create(spec)
+                defined = True
+                backend.start(name)
+                events.emit(Kind.VM_STARTED, session=name, accel=choice.accel.value)
+                say("waiting for the guest to boot (under software emulation this takes a while)…")
+                try:
+                    channel = Channel.connect(
+                        spec.channel_socket,
+                        host_key=host_pub,
+                        client_key=client_priv,
+                        user=contract.AGENT_USER,
+                        timeout=settings.boot_timeout_s,
+                        events=events,
+                    )
+                except ChannelError as exc:
+                    tail = console_tail(spec.console_log)
+                    raise BootTimeout(
+                        f"the VM {name} did not become ready within "
+                        f"{settings.boot_timeout_s:.0f} s ({exc}); it has been destroyed. "
+                        f"Last console lines:\n{tail}"
+                    ) from exc
             boot_seconds = time.monotonic() - t0
             monitor = _watch_monitor(name, rdir / MONITOR_SOCKET_FILE, events, backend, paths)
             if gateway is not None:
@@ -409,11 +443,13 @@ class Session:
                 agent_uid=identity.uid,
                 agent_gid=identity.gid,
                 image_recipe=info.recipe_hash,
+                start_mode=start_mode,
             )  # fmt: skip
             (sdir / SESSION_STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
             events.emit(
-                Kind.VM_READY, session=name, boot_seconds=state.boot_seconds, accel=state.accel
-            )
+                Kind.VM_READY, session=name, boot_seconds=state.boot_seconds, accel=state.accel,
+                start_mode=state.start_mode,
+            )  # fmt: skip
             sess = cls(
                 state=state,
                 paths=paths,

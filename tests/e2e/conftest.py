@@ -94,3 +94,17 @@ def booted(image_ready, tmp_path_factory) -> Iterator[Booted]:
     finally:
         sess.close()
         shutil.rmtree(paths.runtime, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def warm_cache(tmp_path_factory) -> Path:
+    """A cache folder for warm-start templates shared by every test module of a run (one
+    template build per run), with the real image cache linked in."""
+    cache = tmp_path_factory.mktemp("warm-cache")
+    (cache / "images").symlink_to(Paths().images, target_is_directory=True)
+    return cache
+
+
+def make_warm_paths(root: Path, cache: Path) -> Paths:
+    """Like :func:`make_paths`, with templates in the run's shared ``warm_cache``."""
+    return replace(make_paths(root), cache=cache)

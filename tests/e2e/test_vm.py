@@ -4,15 +4,63 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from cowork.guest import contract
 from cowork.host.events import Kind
-from tests.e2e.conftest import expected_owner
+from tests.e2e.conftest import Booted, expected_owner, make_warm_paths, make_workspace
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module", params=["cold", "restore", "pool"])
+def sealed(request, booted, warm_cache, tmp_path_factory) -> Iterator[Booted]:
+    """The module's cold-booted guest, then a guest restored from a warm-start template,
+    then one taken from a warm pool: the isolation checks below must hold for every way a
+    session starts."""
+    if request.param == "cold":
+        yield booted
+        return
+    from cowork.host.events import EventBus, Recorder
+    from cowork.host.session import Session, VMSettings
+
+    root = tmp_path_factory.mktemp("e2e-restored")
+    paths = make_warm_paths(root / "cowork", warm_cache)
+    ws = make_workspace(root)
+    (ws / "hello.txt").write_text("hello from the host\n")
+    claude = root / "user-claude"
+    claude.mkdir()
+    (claude / "settings.json").write_text('{"theme": "dark"}\n')
+    outside = root / "outside-secret.txt"
+    outside.write_text("OUTSIDE-MARKER-5f2c\n")
+    bus, rec = EventBus(), Recorder()
+    bus.subscribe(rec)
+    settings = VMSettings(claude_dir=claude, memory_mib=1024, start_mode="restore")
+    pool = None
+    if request.param == "pool":
+        from cowork.host.warm import WarmPool
+
+        pool = WarmPool(
+            lambda: Session.open(ws, paths=paths, events=bus, settings=settings),
+            size=1, guest_memory_mib=1024, memory_cap_mib=1024, events=bus,
+        )  # fmt: skip
+        assert pool.wait_ready(1, timeout=600)
+        sess = pool.take()
+        assert sess is not None
+    else:
+        sess = Session.open(ws, paths=paths, events=bus, settings=settings)
+    try:
+        assert sess.state.start_mode == request.param
+        yield Booted(sess, ws, claude, outside, rec)
+    finally:
+        sess.close()
+        if pool is not None:
+            pool.close()
+        shutil.rmtree(paths.runtime, ignore_errors=True)
 
 
 def test_echo_round_trip(booted):
@@ -72,7 +120,8 @@ def test_host_writes_appear_in_the_guest(booted):
     assert result.stdout == "written on the host\nhello from the host\n"
 
 
-def test_claude_folders_are_read_only_in_the_guest(booted):
+def test_claude_folders_are_read_only_in_the_guest(sealed):
+    booted = sealed
     home_claude = f"{contract.AGENT_HOME}/.claude"
     result = booted.run(f"cat {home_claude}/settings.json")
     assert result.stdout == '{"theme": "dark"}\n'
@@ -89,7 +138,8 @@ def test_claude_folders_are_read_only_in_the_guest(booted):
     assert (booted.workspace / ".claude").is_dir()
 
 
-def test_no_network_interface_but_loopback(booted):
+def test_no_network_interface_but_loopback(sealed):
+    booted = sealed
     result = booted.run("ls /sys/class/net")
     assert result.stdout.split() == ["lo"]
     raw = booted.run(
@@ -100,7 +150,8 @@ def test_no_network_interface_but_loopback(booted):
     assert "unreachable" in raw.stdout.lower() or "no route" in raw.stdout.lower()
 
 
-def test_mount_table_holds_only_the_two_folders(booted):
+def test_mount_table_holds_only_the_two_folders(sealed):
+    booted = sealed
     result = booted.run("cat /proc/mounts")
     allowed_tags = {contract.TAG_WORKSPACE, contract.TAG_WORKSPACE_CLAUDE, contract.TAG_USER_CLAUDE}
     pseudo = {
@@ -127,7 +178,8 @@ def test_mount_table_holds_only_the_two_folders(booted):
     )
 
 
-def test_host_files_outside_the_workspace_are_invisible(booted):
+def test_host_files_outside_the_workspace_are_invisible(sealed):
+    booted = sealed
     marker_name = booted.outside.name
     found = booted.run(f"find / -xdev -name {marker_name} 2>/dev/null; ls {booted.outside}")
     assert marker_name not in found.stdout

@@ -289,3 +289,44 @@ def test_check_plain_path_refuses_a_symlinked_component(tmp_path):
         init.check_plain_path(str(tmp_path / "ws" / ".claude"))
     with pytest.raises(init.InitError, match="symbolic link"):
         init.check_plain_path(str(tmp_path / "ws" / ".claude" / "x"))
+
+
+# --- warm start -------------------------------------------------------------------------------
+def test_entropy_request_credits_eight_bits_per_byte():
+    req = init.entropy_request(b"\x01" * 64)
+    assert req[:8] == (512).to_bytes(4, sys.byteorder) + (64).to_bytes(4, sys.byteorder)
+    assert req[8:] == b"\x01" * 64
+
+
+@pytest.mark.parametrize("text", ["", "AAAA", "not base64!"])
+def test_a_restored_guest_without_enough_entropy_refuses_to_serve(text):
+    with pytest.raises(init.InitError):
+        init.decode_entropy(text)
+
+
+def test_enough_entropy_is_accepted():
+    import base64
+
+    raw = os.urandom(contract.ENTROPY_BYTES)
+    assert init.decode_entropy(base64.b64encode(raw).decode()) == raw
+
+
+def test_vmgenid_bound_looks_for_a_bound_device(tmp_path):
+    driver = tmp_path / "vmgenid"
+    assert not init.vmgenid_bound(str(driver))
+    driver.mkdir()
+    (driver / "bind").write_text("")
+    (driver / "uevent").write_text("")
+    assert not init.vmgenid_bound(str(driver))
+    (driver / "QEMUVGID:00").mkdir()
+    assert init.vmgenid_bound(str(driver))
+
+
+def test_reseed_fails_closed_before_touching_the_kernel(tmp_path):
+    seed = contract.Seed(
+        session="s", host_key="", authorized_key="", agent_uid=1, agent_gid=1, mounts=(),
+        entropy="",
+    )  # fmt: skip
+    missing = tmp_path / "no-urandom"
+    with pytest.raises(init.InitError, match="entropy"):
+        init.warm_reseed(seed, lambda _m: None, urandom=str(missing))  # type: ignore[arg-type]

@@ -9,7 +9,8 @@ Shape (TOML)::
     version = 1
     locks = ["egress.grants", "agent.base_url"]
 
-    [vm]        cpus, memory_mib, accel, libvirt_uri, keep_overlay, boot_timeout_s
+    [vm]        cpus, memory_mib, accel, libvirt_uri, keep_overlay, boot_timeout_s, start_mode,
+                pool_size, pool_memory_mib
     [mounts]    workspace_writable, claude_dir, claude_writable
     [egress]    grants (list of Grant), deny_hosts, allow_websockets, max_body_mib
     [agent]     model, base_url, approval_mode, allowed_approval_modes, max_turns, max_tokens
@@ -65,6 +66,23 @@ class VMSection(_Section):
     )
     boot_timeout_s: int = Field(
         default=300, ge=10, le=3600, description="Destroy a guest not ready after this long."
+    )
+    start_mode: Literal["cold", "restore"] = Field(
+        default="cold",
+        description="'restore' starts a session from a saved, reseeded template guest "
+        "(built once per image, guest code and VM size); 'cold' boots every time.",
+    )
+    pool_size: int = Field(
+        default=0,
+        ge=0,
+        le=8,
+        description="Restored guests a long-running cowork keeps ready per workspace; 0 is off.",
+    )
+    pool_memory_mib: int = Field(
+        default=4096,
+        ge=0,
+        le=262144,
+        description="At most this much guest memory (MiB) waits in the pool.",
     )
 
 

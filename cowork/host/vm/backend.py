@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from cowork.errors import BackendError
@@ -73,6 +74,9 @@ class BackendCapabilities:
     #: Where this backend's VMs live, recorded in a session's state so a later command reaches
     #: the same place (a libvirt URI, the vfkit state folder); "" when there is one place only.
     location: str = ""
+    #: The backend can save a running VM with its memory to a file and restore a new VM from
+    #: it with other host paths (``save``/``restore``): what warm start needs.
+    save_restore: bool = False
 
 
 @runtime_checkable
@@ -102,6 +106,19 @@ class VMBackend(Protocol):
 
     def list(self) -> list[VMStatus]:
         """Every cowork VM (name starting with :data:`NAME_PREFIX`) the hypervisor knows."""
+
+
+@runtime_checkable
+class SaveRestoreBackend(VMBackend, Protocol):
+    """A backend with ``capabilities.save_restore``: warm start (``cowork.host.warm``)."""
+
+    def save(self, name: str, state_file: Path) -> None:
+        """Save running VM ``name`` with its memory to ``state_file``; it stops running."""
+
+    def restore(self, state_file: Path, spec: VMSpec, work_file: Path) -> None:
+        """Start VM ``spec.name`` from ``state_file`` with ``spec``'s host paths (disks,
+        shares, channel socket, console log), a fresh UUID and generation ID. ``work_file``
+        is scratch space for a per-VM copy of the state (removed afterwards)."""
 
 
 def check_name(name: str) -> None:

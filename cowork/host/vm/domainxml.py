@@ -5,10 +5,11 @@ Contract:
   order is fixed (one small builder per element, called in a fixed sequence) so the output is
   golden-tested under ``tests/data/domainxml/``.
 - The guest gets exactly: a root disk, a read-only seed disk, the spec's shares (9p, with
-  ``<readonly/>`` enforced by QEMU), one private virtio-serial channel, an entropy source and
-  a console log file. No network interface, no USB, no balloon, no display, no sound, no host
-  devices: the builder emits ``<controller type='usb' model='none'/>`` and
-  ``<memballoon model='none'/>`` so libvirt adds no defaults of its own.
+  ``<readonly/>`` enforced by QEMU), one private virtio-serial channel, an entropy source,
+  a console log file and a VM generation ID (``<genid/>``). No network interface, no USB, no
+  balloon, no display, no sound, no host devices: the builder emits
+  ``<controller type='usb' model='none'/>`` and ``<memballoon model='none'/>`` so libvirt adds no
+  defaults of its own.
 - In system mode (root on ``qemu:///system``) a static DAC label makes QEMU run as the
   invoking user instead of ``libvirt-qemu``, which could not read the user's cache or write
   the user's workspace.
@@ -157,6 +158,9 @@ def domain_element(spec: VMSpec, *, host: HostContext) -> ET.Element:
     """The ``<domain>`` element for ``spec`` (see :func:`domain_xml`)."""
     root = ET.Element("domain", {"type": DOMAIN_TYPE[spec.accel]})
     _sub(root, "name", spec.name)
+    # A VM generation ID: libvirt picks one, and a restore of a saved guest gets a new one
+    # (cowork.host.warm), so the guest's kernel reseeds its random state.
+    _sub(root, "genid")
     _memory(root, spec)
     _os(root, spec)
     _features(root)
@@ -175,3 +179,73 @@ def domain_xml(spec: VMSpec, *, host: HostContext) -> str:
     root = domain_element(spec, host=host)
     ET.indent(root, space="  ")
     return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def restore_xml(saved: str, spec: VMSpec) -> str:
+    """The XML of a saved domain (``saved``) with ``spec``'s name and host paths in place.
+
+    Pure. Replaces the name, the root and seed disk sources (by target ``vda``/``vdb``),
+    each 9p share source (by tag), each channel socket (by port name) and the console log;
+    drops the UUID and the generation ID so the restored VM gets fresh ones. Raises
+    ValueError when the saved domain's devices do not match ``spec`` (a share tag, disk or
+    channel it lacks or has in excess).
+    """
+    import uuid
+
+    root = ET.fromstring(saved)  # noqa: S314 (written by the local libvirt daemon)
+    name = root.find("name")
+    if name is None:
+        raise ValueError("the saved VM has no name")
+    name.text = spec.name
+    for tag, value in (("uuid", str(uuid.uuid4())), ("genid", str(uuid.uuid4()))):
+        el = root.find(tag)
+        if el is None:
+            raise ValueError(f"the saved VM has no <{tag}>")
+        el.text = value
+    devices = root.find("devices")
+    if devices is None:
+        raise ValueError("the saved VM has no devices")
+    disks = {
+        str(t.get("dev")): d for d in devices.findall("disk") if (t := d.find("target")) is not None
+    }
+    for target, path in (("vda", spec.disk), ("vdb", spec.seed)):
+        src = disks[target].find("source") if target in disks else None
+        if src is None:
+            raise ValueError(f"the saved VM has no disk {target}")
+        src.set("file", str(path))
+    by_tag = {share.tag: share for share in spec.shares}
+    fss = devices.findall("filesystem")
+    seen = set()
+    for fs in fss:
+        target_el, src = fs.find("target"), fs.find("source")
+        tag = str(target_el.get("dir")) if target_el is not None else ""
+        if tag not in by_tag or src is None:
+            raise ValueError(f"the saved VM shares {tag!r}, which this session does not")
+        share = by_tag[tag]
+        if (fs.find("readonly") is not None) != share.readonly:
+            raise ValueError(f"the saved VM's share {tag} differs in read-only flag")
+        src.set("dir", str(share.source))
+        seen.add(tag)
+    if seen != set(by_tag):
+        raise ValueError(f"the saved VM lacks shares {sorted(set(by_tag) - seen)}")
+    for kind in ("serial", "console"):
+        for el in devices.findall(kind):
+            src = el.find("source")
+            if src is not None and el.get("type") == "file":
+                src.set("path", str(spec.console_log))
+    sockets = {spec.channel_name: spec.channel_socket}
+    if spec.monitor_socket is not None:
+        sockets[spec.monitor_name] = spec.monitor_socket
+    found: dict[str, ET.Element] = {}
+    for ch in devices.findall("channel"):
+        target_el, src = ch.find("target"), ch.find("source")
+        if ch.get("type") != "unix" or target_el is None or src is None:
+            raise ValueError("the saved VM has a channel that is not a unix socket")
+        found[str(target_el.get("name"))] = src
+    if set(found) != set(sockets):
+        raise ValueError(
+            f"the saved VM's channels {sorted(found)} differ from this session's {sorted(sockets)}"
+        )
+    for port, path in sockets.items():
+        found[port].set("path", str(path))
+    return ET.tostring(root, encoding="unicode")

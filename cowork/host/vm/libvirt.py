@@ -17,6 +17,7 @@ import grp
 import logging
 import os
 import shutil
+import struct
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -44,6 +45,7 @@ from cowork.host.vm.domainxml import (
     ARCH,
     HostContext,
     domain_xml,
+    restore_xml,
 )
 from cowork.host.vm.spec import Accel, VMSpec
 
@@ -277,6 +279,7 @@ class LibvirtBackend:
                 accelerators=accels,
                 disk_format=DiskFormat.QCOW2,
                 location=self.uri,
+                save_restore=True,
             )
         return self._capabilities
 
@@ -343,6 +346,46 @@ class LibvirtBackend:
             accel=str(status.accel) if status.accel else None,
             pid=status.pid,
         )
+
+    def save(self, name: str, state_file: Path) -> None:
+        """Save running VM ``name`` with its memory to ``state_file``; the VM is then gone
+        from the hypervisor's running set (its persistent definition, if any, stays)."""
+        dom = self._require(name)
+        try:
+            dom.save(str(state_file))
+        except libvirt.libvirtError as exc:
+            raise translate(exc, f"save VM {name} to {state_file}", self.uri, name) from exc
+        self._emit(Kind.VM_STOPPED, name=name, how="saved")
+
+    def restore(self, state_file: Path, spec: VMSpec, work_file: Path) -> None:
+        """Start a new (transient) VM from ``state_file`` with ``spec``'s name and host
+        paths: disks, shares, channel socket and console log are replaced by the spec's, and
+        the VM gets a fresh UUID and generation ID. The guest's devices must match.
+
+        libvirt refuses a restore under another name or UUID than the saved one, so the
+        state is copied to ``work_file`` with the new definition in its header first (the
+        copy is removed once QEMU has read it).
+        """
+        self.validate(spec)
+        if self._lookup(spec.name) is not None:
+            raise BackendError(
+                f"a stale VM named {spec.name} exists: remove it with `cowork vm down {spec.name}`"
+            )
+        try:
+            xml = copy_saved_image(state_file, work_file, lambda saved: restore_xml(saved, spec))
+        except (OSError, ValueError) as exc:
+            work_file.unlink(missing_ok=True)
+            raise BackendError(f"the saved VM {state_file} is unusable: {exc}") from exc
+        conn = self._connect()
+        try:
+            conn.restoreFlags(str(work_file), xml, 0)
+        except libvirt.libvirtError as exc:
+            raise translate(
+                exc, f"restore VM {spec.name} from {state_file}", self.uri, spec.name
+            ) from exc
+        finally:
+            work_file.unlink(missing_ok=True)
+        self._emit(Kind.VM_STARTED, name=spec.name, accel=str(spec.accel), restored=True)
 
     def stop(self, name: str, timeout: float) -> None:
         dom = self._require(name)
@@ -446,6 +489,56 @@ class LibvirtBackend:
             pid = _qemu_pid(name, any_user=_is_system(self.uri))
             started = _process_start(pid) if pid is not None else None
         return VMStatus(name=name, state=state, accel=accel, pid=pid, started_at=started)
+
+
+#: libvirt's QEMU save image header (libvirt 9): magic, then 19 native-endian uint32s of which
+#: the first five are version, data length, was-running, compressed and cookie offset; the
+#: data (domain XML, NUL, cookie XML, NUL, zero padding) follows, then QEMU's stream.
+SAVE_MAGIC = b"LibvirtQemudSave"
+SAVE_HEADER = struct.Struct("=16s19I")
+SAVE_VERSION = 2
+
+
+def rewrite_saved_header(head: bytes, edit: Callable[[str], str]) -> tuple[bytes, str]:
+    """``head`` (the header and data of a save image) with its domain XML replaced by
+    ``edit(xml)``, the cookie moved behind it; and the new XML. Pure. Raises ValueError for
+    another format or when the new XML does not fit the data's padding."""
+    if len(head) < SAVE_HEADER.size:
+        raise ValueError("too short for a libvirt save image")
+    fields = list(SAVE_HEADER.unpack_from(head))
+    magic, version, data_len, _running, compressed, cookie_off = fields[:6]
+    if magic != SAVE_MAGIC or version != SAVE_VERSION or compressed != 0:
+        raise ValueError("not an uncompressed libvirt save image of version 2")
+    data = head[SAVE_HEADER.size : SAVE_HEADER.size + data_len]
+    if len(data) != data_len or not 0 < cookie_off <= data_len:
+        raise ValueError("the save image's header is damaged")
+    xml = data[: data.index(b"\0")].decode()
+    cookie = data[cookie_off : data.index(b"\0", cookie_off)]
+    new_xml = edit(xml)
+    body = new_xml.encode() + b"\0"
+    new_cookie_off = len(body)
+    body += cookie + b"\0"
+    if len(body) > data_len:
+        raise ValueError("the new definition does not fit the save image")
+    fields[5] = new_cookie_off
+    return SAVE_HEADER.pack(*fields) + body + b"\0" * (data_len - len(body)), new_xml
+
+
+def copy_saved_image(src: Path, dst: Path, edit: Callable[[str], str]) -> str:
+    """Copy save image ``src`` to ``dst`` (private) with its XML edited; return the XML."""
+    with open(src, "rb") as f:
+        head = f.read(SAVE_HEADER.size)
+        if len(head) < SAVE_HEADER.size:
+            raise ValueError("too short for a libvirt save image")
+        data_len = SAVE_HEADER.unpack_from(head)[2]
+        head += f.read(data_len)
+        new_head, xml = rewrite_saved_header(head, edit)
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(new_head)
+            out.flush()
+            shutil.copyfileobj(f, out, 8 * 1024 * 1024)
+    return xml
 
 
 def _qemu_pid(name: str, *, any_user: bool, proc: Path = Path("/proc")) -> int | None:

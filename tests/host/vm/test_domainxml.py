@@ -167,3 +167,69 @@ def test_any_spec_stays_sealed(
     xml = domain_xml(spec, host=host)
     assert_sealed(xml, spec)
     assert xml == domain_xml(spec, host=host)  # pure: same input, same bytes
+
+
+def test_restore_xml_puts_in_the_sessions_paths_and_fresh_ids() -> None:
+    from cowork.host.vm.domainxml import restore_xml
+
+    saved_spec = make_spec(shares=THREE_SHARES)
+    saved = domain_xml(saved_spec, host=SESSION).replace(
+        "<genid />", "<uuid>u-1</uuid><genid>g-1</genid>"
+    )
+    moved = tuple(Share(s.tag, Path("/new") / s.tag, s.readonly) for s in THREE_SHARES)
+    spec = make_spec(
+        name="cowork-other", shares=moved, disk=Path("/s2/overlay.qcow2"),
+        seed=Path("/s2/seed.img"), channel_socket=Path("/r2/channel.sock"),
+        console_log=Path("/s2/console.log"),
+    )  # fmt: skip
+    root = parse(restore_xml(saved, spec))
+    assert root.findtext("name") == "cowork-other"
+    assert root.findtext("uuid") not in ("u-1", None)
+    assert root.findtext("genid") not in ("g-1", None)
+    files = {d.find("target").get("dev"): d.find("source").get("file") for d in root.iter("disk")}
+    assert files == {"vda": "/s2/overlay.qcow2", "vdb": "/s2/seed.img"}
+    dirs = sorted(fs.find("source").get("dir") for fs in root.iter("filesystem"))
+    assert dirs == sorted(str(s.source) for s in moved)
+    assert [c.find("source").get("path") for c in root.iter("channel")] == ["/r2/channel.sock"]
+    assert {s.find("source").get("path") for s in root.findall("devices/serial")} == {
+        "/s2/console.log"
+    }
+    assert_sealed(ET.tostring(root, encoding="unicode"), spec)
+
+
+def test_restore_xml_refuses_other_shares() -> None:
+    from cowork.host.vm.domainxml import restore_xml
+
+    saved = domain_xml(make_spec(shares=THREE_SHARES), host=SESSION).replace(
+        "<genid />", "<uuid>u</uuid><genid>g</genid>"
+    )
+    writable = tuple(Share(s.tag, s.source, False) for s in THREE_SHARES)
+    for shares in (THREE_SHARES[:2], writable):
+        with pytest.raises(ValueError):
+            restore_xml(saved, make_spec(shares=shares))
+
+
+def test_restore_xml_moves_each_channel_by_its_port_name() -> None:
+    from cowork.host.vm.domainxml import restore_xml
+
+    saved = domain_xml(
+        make_spec(shares=THREE_SHARES, monitor_socket=Path("/r1/monitor.sock")), host=SESSION
+    ).replace("<genid />", "<uuid>u</uuid><genid>g</genid>")
+    spec = make_spec(
+        shares=THREE_SHARES,
+        channel_socket=Path("/r2/channel.sock"),
+        monitor_socket=Path("/r2/monitor.sock"),
+    )
+    root = parse(restore_xml(saved, spec))
+    paths = {
+        c.find("target").get("name"): c.find("source").get("path") for c in root.iter("channel")
+    }
+    assert paths == {spec.channel_name: "/r2/channel.sock", spec.monitor_name: "/r2/monitor.sock"}
+    # A session with a monitor cannot take a template saved without one, and the reverse.
+    without = domain_xml(make_spec(shares=THREE_SHARES), host=SESSION).replace(
+        "<genid />", "<uuid>u</uuid><genid>g</genid>"
+    )
+    with pytest.raises(ValueError):
+        restore_xml(without, spec)
+    with pytest.raises(ValueError):
+        restore_xml(saved, make_spec(shares=THREE_SHARES))

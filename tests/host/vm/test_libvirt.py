@@ -280,3 +280,48 @@ def test_reconnects_after_the_connection_closed(backend: LibvirtBackend, tmp_pat
         assert backend.status("cowork-absent").state is VMState.MISSING
     finally:
         backend.destroy(spec.name)
+
+
+def _save_image(xml: str, cookie: str, pad: int = 4096, stream: bytes = b"QEVM-stream") -> bytes:
+    from cowork.host.vm.libvirt import SAVE_HEADER, SAVE_MAGIC
+
+    data = xml.encode() + b"\0"
+    cookie_off = len(data)
+    data += cookie.encode() + b"\0"
+    data += b"\0" * pad
+    fields = [SAVE_MAGIC, 2, len(data), 1, 0, cookie_off] + [0] * 14
+    return SAVE_HEADER.pack(*fields) + data + stream
+
+
+def test_a_save_image_is_copied_with_a_new_definition(tmp_path: Path) -> None:
+    from cowork.host.vm.libvirt import SAVE_HEADER, copy_saved_image
+
+    src, dst = tmp_path / "a.save", tmp_path / "b.save"
+    src.write_bytes(_save_image("<domain><name>old</name></domain>", "<cookie/>"))
+    xml = copy_saved_image(src, dst, lambda x: x.replace("old", "a-much-longer-name"))
+    assert xml == "<domain><name>a-much-longer-name</name></domain>"
+    out = dst.read_bytes()
+    fields = SAVE_HEADER.unpack_from(out)
+    data = out[SAVE_HEADER.size : SAVE_HEADER.size + fields[2]]
+    assert fields[2] == SAVE_HEADER.unpack_from(src.read_bytes())[2]  # same data length
+    assert data[: data.index(b"\0")].decode() == xml
+    assert data[fields[5] :].startswith(b"<cookie/>\0")
+    assert out.endswith(b"QEVM-stream") and len(out) == src.stat().st_size
+    assert dst.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        b"short",
+        _save_image("<d/>", "<c/>").replace(b"LibvirtQemudSave", b"LibvirtQemudPart"),
+        _save_image("<d/>", "<c/>", pad=0),  # no room for a longer definition
+    ],
+)
+def test_a_save_image_that_cannot_be_rewritten_is_refused(tmp_path: Path, image: bytes) -> None:
+    from cowork.host.vm.libvirt import copy_saved_image
+
+    src = tmp_path / "a.save"
+    src.write_bytes(image)
+    with pytest.raises(ValueError):
+        copy_saved_image(src, tmp_path / "b.save", lambda x: x + " " * 100)
