@@ -74,6 +74,7 @@ class VMSettings:
     claude_dir: Path | None = None  # None: ~/.claude
     claude_writable: bool = False
     workspace_writable: bool = True
+    secret_files: str = "warn"  # noqa: S105 ("warn" | "refuse": credential-looking files)
 
     @classmethod
     def from_policy(cls, policy: Policy) -> VMSettings:
@@ -88,6 +89,7 @@ class VMSettings:
             claude_dir=Path(mounts.claude_dir).expanduser() if mounts.claude_dir else None,
             claude_writable=mounts.claude_writable,
             workspace_writable=mounts.workspace_writable,
+            secret_files=mounts.secret_files,
         )
 
 
@@ -286,6 +288,12 @@ class Session:
         say = progress or (lambda _msg: None)
 
         resolved = ws_mod.check_workspace(workspace, paths=paths)
+        warn_only = settings.secret_files == "warn"  # noqa: S105 (anything else: the stricter)
+        for line in ws_mod.check_secret_files(
+            resolved, "warn" if warn_only else "refuse"
+        ).messages():
+            say(f"warning: {line}")
+            events.emit(Kind.VM_WARNING, message=line)
         claude_src = settings.claude_dir or Path.home() / ".claude"
         claude = ws_mod.check_claude_dir(claude_src)
         identity = ws_mod.agent_identity(resolved)
