@@ -12,6 +12,14 @@ approval mode turns the risk into a verdict (:class:`Approvals`):
 Forbidden: reaching credentials, file tools outside /workspace, workspace configuration, and
 network requests the egress policy would deny (asking cannot make them work).
 
+A shell command is judged as written and as the shell would read it
+(:mod:`cowork.host.agent.shellwords`: dequoted, ANSI-C strings decoded, variables set in the
+same command substituted, ``eval``/``sh -c`` text read again); the worse verdict wins. What
+cannot be read with confidence (a computed program name, text piped into a shell, aliases,
+``IFS`` tricks) is risky, and decoding hidden text into a shell is forbidden. Writing the
+workspace configuration (``.claude/``, ``.cowork.toml``, ``.mcp.json``, in any letter case)
+is forbidden, from the file tools and from the shell.
+
 Every reason is one plain-language sentence a non-technical person can judge. Any exception
 while assessing refuses the action (fail closed).
 """
@@ -23,12 +31,14 @@ import binascii
 import enum
 import posixpath
 import re
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from cowork.host.agent import shellwords
 from cowork.host.agent.loop import Decision, ToolCall, Verdict
 from cowork.host.agent.settings import ApprovalMode
 from cowork.host.agent.tools import READ_ONLY_TOOLS, TOOL_NAMES
@@ -320,7 +330,7 @@ class RuleAssessor:
         rel = _workspace_relative(path)
         first = rel.split("/", 1)[0]
         if call.name not in READ_ONLY_TOOLS:
-            if first == ".claude":
+            if _is_workspace_config(rel):
                 return Assessment(
                     Risk.FORBIDDEN,
                     "It would change the folder's agent settings, which only you may change.",
@@ -351,8 +361,36 @@ class RuleAssessor:
 
     # --- bash ------------------------------------------------------------------------
     def _bash(self, command: str) -> Assessment:
+        """Judge the command as written and as the shell would read it (dequoted, decoded,
+        variables substituted); the worse verdict wins. What cannot be read is never routine.
+        """
         if not command.strip():
             return ROUTINE
+        read = shellwords.normalise(command)
+        worst = self._bash_text(command)
+        if worst.risk is not Risk.FORBIDDEN:
+            second = self._bash_text(read.text)
+            if second.risk > worst.risk:
+                worst = second
+        if worst.risk is not Risk.FORBIDDEN and _writes_workspace_config(read.text):
+            return _CONFIG_WRITE
+        if read.opaque and worst.risk is not Risk.FORBIDDEN:
+            runs_hidden = any(o in _RUNS_TEXT for o in read.opaque)
+            if runs_hidden and shellwords.has_decoder(command):
+                return Assessment(
+                    Risk.FORBIDDEN,
+                    "It decodes hidden text and runs it as commands, which cannot be checked.",
+                    "encoded-exec",
+                )
+            if worst.risk is Risk.ROUTINE:
+                return Assessment(
+                    Risk.RISKY,
+                    f"It hides what it really runs: {read.opaque[0]}.",
+                    "obfuscated",
+                )
+        return worst
+
+    def _bash_text(self, command: str) -> Assessment:
         norm = _normalise(command)
         if _reaches_credentials(command):
             return Assessment(
@@ -452,6 +490,58 @@ def _workspace_relative(path: str) -> str:
     if norm.startswith("/workspace"):
         norm = posixpath.relpath(norm, "/workspace")
     return "" if norm == "." else norm
+
+
+#: Files that steer the agent or cowork; only the person may change them (in any case:
+#: on a case-insensitive disk ``.CLAUDE`` is ``.claude``).
+_CONFIG_NAMES = (".cowork.toml", ".mcp.json")
+_CONFIG_IN_TEXT = re.compile(
+    r"(?:^|[\s/=:'\"<>])(?:\.claude(?=/|\s|$|[;&|)'\"])|\.cowork\.toml\b|\.mcp\.json\b)"
+)
+#: Commands that only read what they are given (so naming a config file with them is fine).
+_READERS = frozenset(
+    {"cat", "less", "more", "head", "tail", "ls", "grep", "egrep", "fgrep", "rg", "jq", "wc",
+     "stat", "file", "diff", "sha256sum", "md5sum", "test", "[", "echo", "printf", "tree",
+     "realpath", "readlink", "du", "cmp", "bat", "yq", "tomlq"}
+)  # fmt: skip
+_GIT_READS = re.compile(r"^git\s+(log|diff|show|status|blame|ls-files|check-ignore)\b")
+_RUNS_TEXT = (
+    "it runs text produced by another command as a program",
+    "it runs text that is built while it runs (eval or sh -c)",
+    "it runs program code that is built while it runs",
+)
+_CONFIG_WRITE = Assessment(
+    Risk.FORBIDDEN,
+    "It would change the folder's agent settings, which only you may change.",
+    "workspace-config",
+)
+
+
+def _fold(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+def _is_workspace_config(rel: str) -> bool:
+    parts = [_fold(p) for p in PurePosixPath(rel).parts]
+    return ".claude" in parts or (bool(parts) and parts[-1] in _CONFIG_NAMES)
+
+
+def _writes_workspace_config(text: str) -> bool:
+    """True when a shell command names a config file with anything but a plain reader."""
+    for segment in re.split(r"\s(?:;|&&|\|\||\||&)\s|\n", _fold(text)):
+        if not _CONFIG_IN_TEXT.search(segment):
+            continue
+        seg = segment.strip()
+        if re.search(r"(>>?|>\|)\s*\S*(\.claude|\.cowork\.toml|\.mcp\.json)", seg):
+            return True
+        words = seg.split()
+        first = posixpath.basename(words[0]) if words else ""
+        if first in _READERS or _GIT_READS.match(seg):
+            continue
+        if first == "find" and not re.search(r"-(delete|exec|execdir|ok|fprint)", seg):
+            continue
+        return True
+    return False
 
 
 def _outside_paths(norm: str) -> list[str]:
