@@ -82,6 +82,13 @@ class _Word:
 
 
 @dataclass(frozen=True)
+class _Body:
+    """The text of here-documents: data for most programs, a script for a shell."""
+
+    text: str
+
+
+@dataclass(frozen=True)
 class Normalised:
     """A command as the shell would read it.
 
@@ -107,7 +114,40 @@ class _Lexer:
 
     # Tokens are _Word or an operator string, produced lazily: a variable set by one simple
     # command is known when the next one is read.
-    def tokens(self) -> Iterator[_Word | str]:
+    def tokens(self) -> Iterator[_Word | str | _Body]:
+        """Words and operators, with here-document bodies (as :class:`_Body`) before the
+        newline that ends the line introducing them."""
+        pending: list[tuple[str, bool]] = []
+        want: bool | None = None  # a delimiter word is due (True: <<- strips tabs)
+        for tok in self._raw_tokens():
+            if isinstance(tok, str) and tok in ("<<", "<<-"):
+                want = tok == "<<-"
+            elif isinstance(tok, _Word) and want is not None:
+                pending.append((tok.text, want))
+                want = None
+            if tok == "\n" and pending:
+                yield _Body(self._bodies(pending))
+                pending = []
+            yield tok
+        if pending:
+            self.opaque.append("it has an unterminated here-document")
+
+    def _bodies(self, pending: list[tuple[str, bool]]) -> str:
+        """Consume the here-document bodies that start at self.i; return their text."""
+        out: list[str] = []
+        for delim, strip_tabs in pending:
+            while self.i <= len(self.src):
+                end = self.src.find("\n", self.i)
+                end = len(self.src) if end < 0 else end
+                line = self.src[self.i : end]
+                self.i = end + 1
+                if (line.lstrip("\t") if strip_tabs else line) == delim:
+                    break
+                out.append(line)
+        self.i = min(self.i, len(self.src))
+        return "\n".join(out)
+
+    def _raw_tokens(self) -> Iterator[_Word | str]:
         word: _Word | None = None
         s = self.src
         while self.i < len(s):
@@ -142,8 +182,8 @@ class _Lexer:
                 if word is not None:
                     yield word
                     word = None
-                yield op
                 self.i += len(op)
+                yield op
                 continue
             if word is None:
                 word = _Word()
@@ -395,7 +435,16 @@ def _normalise(command: str, env: dict[str, str], depth: int) -> Normalised:
         parts.append(op.strip() or ";")
         prev_op = op
 
+    bodies: list[str] = []
     for tok in tokens:
+        if isinstance(tok, _Body):
+            bodies.append(tok.text)
+            first = current[_command_index([w.text for w in current])] if current else None
+            if first is not None and _base(first.text) in _SHELLS:
+                extra.append(lex._nested_read(tok.text).text)
+            else:
+                extra.append(tok.text)  # data (or a script for python & co): visible as is
+            continue
         if isinstance(tok, str):
             if tok in ("<", ">", ">>", "<<", "<<-", "<<<", ">|", "<>", ">&", "<&"):
                 redirs.append(tok)

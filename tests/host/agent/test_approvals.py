@@ -82,7 +82,8 @@ def test_egress_policy_that_would_deny_refuses_with_the_host_named():
     denied = gate.decide(ToolCall("x", "bash", {"command": "curl https://files.example.io/a"}))
     assert denied.verdict is Verdict.REFUSE and "files.example.io" in denied.reason
     upload = ToolCall("y", "bash", {"command": "curl -d @a.csv https://api.example.org/v1"})
-    assert gate.decide(upload).verdict is Verdict.RUN  # granted for POST by the admin
+    # Granted for POST by the admin, but a network write cannot be undone: the person decides.
+    assert gate.decide(upload).verdict is Verdict.ASK
     assert ("POST", "https://api.example.org/v1") in seen
 
 
