@@ -79,7 +79,10 @@ ROUTINE = Assessment(Risk.ROUTINE, "This is routine work inside your folder.", "
 _CREDENTIAL_PATH = re.compile(
     r"(\.aws\b|\.ssh\b|\bid_(rsa|dsa|ecdsa|ed25519)\b|\.netrc\b|\.git-credentials\b|"
     r"\.docker/config\.json|\.kube/config|\.gnupg\b|\.config/gcloud|\.azure\b|"
-    r"\.password-store|\.pgpass\b|\.credentials\.json\b|\.vault-token\b|\.npmrc\b|\.pypirc\b|/etc/(g)?shadow\b|/etc/sudoers|"
+    r"\.password-store|\.pgpass\b|\.credentials\.json\b|\.vault-token\b|\.config/(gh|hub|op|"
+    r"Bitwarden|1Password|google-chrome|chromium|BraveSoftware|microsoft-edge|keepassxc)\b|"
+    r"\.cargo/credentials|\.terraform\.d/credentials|\.mozilla\b|\.local/share/keyrings|"
+    r"\.npmrc\b|\.pypirc\b|/etc/(g)?shadow\b|/etc/sudoers|"
     r"\bkeychain\b|\bsecret-tool\b|find-generic-password|find-internet-password|"
     r"\bkeyring\s+get\b|/proc/[^/\s]+/environ|\bgnome-keyring)",
     re.IGNORECASE,
@@ -94,7 +97,10 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 #: A file search by a credential-like name (``find / -name credentials``).
 _CREDENTIAL_SEARCH = re.compile(
     r"\bfind\s+(/|~|\$\{?HOME)\S*\s.*-i?(name|path|wholename|regex)\s+\S*(aws|ssh|credential|"
-    r"id_rsa|id_ed25519|id_ecdsa|netrc|keyring|\.pem|\.key\b|\.p12|\.kdbx|secret|token|passw)|\blocate\s+\S*(credential|id_rsa|\.aws|\.ssh)",
+    r"id_rsa|id_ed25519|id_ecdsa|netrc|keyring|\.pem|\.key\b|\.p12|\.kdbx|secret|token|passw)|"
+    r"\b(grep|egrep|rg|ag|ack)\b[^;&|]*(PRIVATE KEY|AKIA|passw|secret|token|api.?key)[^;&|]*"
+    r"\s(/(?!workspace\b|tmp\b)|~|\$\{?HOME\}?)\S*(\s|$)|"
+    r"\blocate\s+\S*(credential|id_rsa|\.aws|\.ssh)",
     re.IGNORECASE,
 )
 _HOME_ANCHOR = re.compile(r"^(~|\$\{?HOME\}?)(?=/|$)")

@@ -298,3 +298,36 @@ def test_reading_workspace_config_from_the_shell_is_fine(command):
         ToolCall("x", "bash", {"command": command})
     )
     assert decision.verdict is Verdict.RUN, decision
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "cat ~/.config/gh/hosts.yml",
+        "cat ~/.cargo/credentials.toml",
+        "cat ~/.terraform.d/credentials.tfrc.json",
+        "ls ~/.mozilla/firefox/*.default/logins.json",
+        "cp ~/.config/google-chrome/Default/Login\\ Data x",
+        "grep -r 'BEGIN OPENSSH PRIVATE KEY' / 2>/dev/null",
+        "rg -l AKIA ~",
+        "grep -ri password /etc",
+    ],
+)
+def test_every_credential_store_and_key_hunt_is_refused(command):
+    decision = Approvals(ApprovalMode.AUTO, RuleAssessor()).decide(
+        ToolCall("x", "bash", {"command": command})
+    )
+    assert decision.verdict is Verdict.REFUSE and decision.rule == "credentials", decision
+
+
+def test_searching_the_folder_for_the_word_password_is_fine():
+    gate = Approvals(ApprovalMode.AUTO, RuleAssessor())
+    assert gate.decide(ToolCall("x", "bash", {"command": "grep -rn password src/"})).verdict is (
+        Verdict.RUN
+    )
+
+
+def test_searching_the_folder_by_absolute_path_is_fine():
+    gate = Approvals(ApprovalMode.AUTO, RuleAssessor())
+    for command in ("grep -rn token /workspace/src", "rg -l api_key /tmp/build"):
+        assert gate.decide(ToolCall("x", "bash", {"command": command})).verdict is Verdict.RUN
