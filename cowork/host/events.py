@@ -58,6 +58,7 @@ class Kind(enum.StrEnum):
     AGENT_FINISHED = "agent.finished"
     SESSION_STARTED = "session.started"
     SESSION_ENDED = "session.ended"
+    EGRESS_SELFTEST = "egress.selftest"
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from cowork.guest import contract
 from cowork.host import image as image_mod
 from cowork.host import workspace as ws_mod
 from cowork.host.channel import Channel
+from cowork.host.egress import selftest
 from cowork.host.egress.gateway import Gateway, GatewaySettings
 from cowork.host.egress.grants import Grant
 from cowork.host.events import EventBus, Kind
@@ -388,8 +389,14 @@ class Session:
                     f"({exc}); it has been destroyed. Last console lines:\n{tail}"
                 ) from exc
             boot_seconds = time.monotonic() - t0
-            if gateway is not None:
+            if gateway is not None and egress is not None:
                 channel.reverse_forward(contract.PROXY_PORT, target=gateway.address)
+                say("checking the VM's network protection…")
+                report = selftest.check(
+                    channel, token=gateway.proxy_token, grants=egress.grants_provider(),
+                    proxy_port=contract.PROXY_PORT,
+                )  # fmt: skip
+                events.emit(Kind.EGRESS_SELFTEST, session=name, seconds=round(report.seconds, 2))
             state = SessionState(
                 name=name,
                 workspace=str(resolved),
