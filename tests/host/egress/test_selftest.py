@@ -33,6 +33,7 @@ class HostRunner:
 
     def run(self, cmd, *, timeout=None, input=None):
         argv = [sys.executable if cmd[0] == "python3" else cmd[0], *cmd[1:]]
+        assert "-c" in argv
         self.argv.append(list(cmd))
         self.inputs.append(input)
         p = subprocess.run(argv, input=input.encode(), capture_output=True, timeout=timeout)
