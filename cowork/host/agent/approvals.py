@@ -477,7 +477,10 @@ class RuleAssessor:
         worst = self._bash_text(command)
         if worst.risk is not Risk.FORBIDDEN:
             second = self._bash_text(read.text)
-            if second.risk > worst.risk:
+            # The worse view wins; at equal risk, "undoable" must hold for both views.
+            if second.risk > worst.risk or (
+                second.risk == worst.risk and worst.reversible and not second.reversible
+            ):
                 worst = second
         if worst.risk is not Risk.FORBIDDEN and _writes_named(read.text, _CONFIG_IN_TEXT):
             return _CONFIG_WRITE
@@ -713,6 +716,19 @@ def _outside_paths(norm: str) -> list[str]:
 
 
 def _mass_deletion(norm: str) -> Assessment | None:
+    found = _mass_deletion_in(norm)
+    if found is None:
+        return None
+    # Undoable (with staged changes) only if every path it names is inside the folder.
+    inside = all(
+        _inside_workspace(w) and w not in ("~", "..") and "$" not in w and "`" not in w
+        for w in _tokens(norm)
+        if w.startswith(("/", "~", "..", "$")) and "://" not in w
+    )
+    return found if inside else Assessment(found.risk, found.reason, found.rule)
+
+
+def _mass_deletion_in(norm: str) -> Assessment | None:
     for segment in re.split(r"[;&|]+", norm):
         words = segment.split()
         if not words:

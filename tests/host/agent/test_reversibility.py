@@ -153,3 +153,14 @@ def test_a_failing_assessor_still_refuses_when_staged():
 
     gate = Approvals(ApprovalMode.AUTO, Broken(), changes_staged=True)
     assert gate.decide(ToolCall("x", "bash", {"command": "ls"})).verdict is Verdict.REFUSE
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["rm -rf $'\\x2fhome/agent'", "rm -rf $'\\x2e\\x2e'/other", "x=/etc; rm -rf $x",
+     "rm -rf $(echo /home)"],
+)  # fmt: skip
+def test_a_hidden_path_outside_the_folder_is_never_treated_as_undoable(command):
+    gate = Approvals(ApprovalMode.AUTO, RuleAssessor(), changes_staged=True)
+    decision = gate.decide(ToolCall("x", "bash", {"command": command}))
+    assert decision.verdict is not Verdict.RUN, decision
