@@ -67,6 +67,7 @@ class Kind(enum.StrEnum):
     GUEST_SOCKET = "guest.socket"
     MONITOR_LOST = "monitor.lost"
     VM_WARM = "vm.warm"  # warm start: template built, restored, or fell back to cold boot
+    EGRESS_SELFTEST = "egress.selftest"
 
 
 @dataclass(frozen=True)

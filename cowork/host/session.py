@@ -37,6 +37,7 @@ from cowork.host import image as image_mod
 from cowork.host import warm
 from cowork.host import workspace as ws_mod
 from cowork.host.channel import Channel
+from cowork.host.egress import selftest
 from cowork.host.egress.gateway import Gateway, GatewaySettings
 from cowork.host.egress.grants import Grant
 from cowork.host.events import EventBus, Kind
@@ -78,6 +79,7 @@ class VMSettings:
     claude_writable: bool = False
     workspace_writable: bool = True
     start_mode: str = "cold"  # "cold" | "restore" (cowork.host.warm)
+    secret_files: str = "warn"  # noqa: S105 ("warn" | "refuse": credential-looking files)
 
     @classmethod
     def from_policy(cls, policy: Policy) -> VMSettings:
@@ -93,6 +95,7 @@ class VMSettings:
             claude_writable=mounts.claude_writable,
             workspace_writable=mounts.workspace_writable,
             start_mode=vm.start_mode,
+            secret_files=mounts.secret_files,
         )
 
 
@@ -294,6 +297,12 @@ class Session:
         say = progress or (lambda _msg: None)
 
         resolved = ws_mod.check_workspace(workspace, paths=paths)
+        warn_only = settings.secret_files == "warn"  # noqa: S105 (anything else: the stricter)
+        for line in ws_mod.check_secret_files(
+            resolved, "warn" if warn_only else "refuse"
+        ).messages():
+            say(f"warning: {line}")
+            events.emit(Kind.VM_WARNING, message=line)
         claude_src = settings.claude_dir or Path.home() / ".claude"
         claude = ws_mod.check_claude_dir(claude_src)
         identity = ws_mod.agent_identity(resolved)
@@ -428,8 +437,14 @@ class Session:
                     ) from exc
             boot_seconds = time.monotonic() - t0
             monitor = _watch_monitor(name, rdir / MONITOR_SOCKET_FILE, events, backend, paths)
-            if gateway is not None:
+            if gateway is not None and egress is not None:
                 channel.reverse_forward(contract.PROXY_PORT, target=gateway.address)
+                say("checking the VM's network protection…")
+                report = selftest.check(
+                    channel, token=gateway.proxy_token, grants=egress.grants_provider(),
+                    proxy_port=contract.PROXY_PORT,
+                )  # fmt: skip
+                events.emit(Kind.EGRESS_SELFTEST, session=name, seconds=round(report.seconds, 2))
             state = SessionState(
                 name=name,
                 workspace=str(resolved),

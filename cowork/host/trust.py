@@ -10,6 +10,9 @@ Contract (what MUST hold):
   is never read.
 - When any pinned file changes, trust lapses (``TRUST_LAPSED``); the user sees the new
   summary, item by item, before trusting again.
+- Config files are hashed and read through descriptors opened once (the workspace, then
+  ``.claude`` relative to it with ``O_NOFOLLOW``, then each file relative to its folder), never
+  by path twice: a ``.claude`` or file swapped for a symlink at any moment is never trusted.
 - Fail closed: any error while checking trust means "not trusted".
 - Hooks and MCP servers of a trusted workspace run only inside the VM; the host never runs
   them. The summary says so.
@@ -26,7 +29,7 @@ import os
 import stat
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,47 +116,119 @@ def _hash_special(rel: str, what: bytes) -> str:
     return hashlib.sha256(b"cowork-special\0" + rel.encode() + b"\0" + what).hexdigest()
 
 
-def snapshot(workspace: Path) -> Snapshot:
-    """Hash (and keep the bytes of) every workspace config file. Never follows symlinks,
-    never blocks on special files, never reads more than the size limit."""
-    root = workspace_key(workspace)
-    files = []
-    for rel in WORKSPACE_CONFIG_FILES:
-        path = root / rel
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+#: A seam for tests: called with the name of each step of :func:`snapshot` before it runs.
+Step = Callable[[str], None]
+
+
+def _read_fd(fd: int, limit: int) -> bytes | None:
+    """Up to ``limit`` bytes of an open file; None if there is more."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = os.read(fd, limit + 1 - size)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            return None
+
+
+def _open_child_dir(parent_fd: int, name: str) -> int | None:
+    """An fd for folder ``name`` in ``parent_fd``, never through a symlink; None if absent.
+    Raises OSError (ELOOP/ENOTDIR) for a link or a non-folder."""
+    try:
+        return os.open(name, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW, dir_fd=parent_fd)
+    except FileNotFoundError:
+        return None
+
+
+def _snapshot_file(rel: str, dir_fd: int, name: str, step: Step) -> ConfigFile:
+    step(f"open {rel}")
+    try:
+        fd = os.open(name, os.O_RDONLY | _O_NOFOLLOW | _O_NONBLOCK, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return ConfigFile(rel, None, None)
+    except OSError as exc:
         try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            files.append(ConfigFile(rel, None, None))
-            continue
-        except OSError as exc:
-            files.append(ConfigFile(rel, None, _hash_special(rel, b"error"), f"cannot read: {exc}"))
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            target = os.readlink(path)
-            files.append(
-                ConfigFile(
-                    rel,
-                    None,
-                    _hash_special(rel, b"link\0" + os.fsencode(target)),
-                    f"is a symbolic link to {target!r}; replace it with a plain file",
-                )
+            target = os.readlink(name, dir_fd=dir_fd)
+        except OSError:
+            return ConfigFile(
+                rel, None, _hash_special(rel, b"error"), f"cannot read: {exc.strerror}"
             )
-            continue
+        return ConfigFile(
+            rel,
+            None,
+            _hash_special(rel, b"link\0" + os.fsencode(target)),
+            f"is a symbolic link to {target!r}; replace it with a plain file",
+        )
+    try:
+        st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            files.append(
-                ConfigFile(rel, None, _hash_special(rel, b"special"), "is not a regular file")
-            )
-            continue
-        try:
-            data = read_limited(path, MAX_FILE_BYTES)
-        except ConfigError as exc:
-            marker = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode()
-            files.append(ConfigFile(rel, None, _hash_special(rel, marker), str(exc)))
-            continue
+            return ConfigFile(rel, None, _hash_special(rel, b"special"), "is not a regular file")
+        step(f"read {rel}")
+        data = _read_fd(fd, MAX_FILE_BYTES)
         if data is None:
-            files.append(ConfigFile(rel, None, None))
-        else:
-            files.append(ConfigFile(rel, data, hashlib.sha256(data).hexdigest()))
+            marker = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}".encode()
+            return ConfigFile(
+                rel,
+                None,
+                _hash_special(rel, marker),
+                f"is larger than the {MAX_FILE_BYTES}-byte limit; config files are small, "
+                "check it is the right file",
+            )
+        return ConfigFile(rel, data, hashlib.sha256(data).hexdigest())
+    finally:
+        os.close(fd)
+
+
+def snapshot(workspace: Path, *, step: Step | None = None) -> Snapshot:
+    """Hash (and keep the bytes of) every workspace config file.
+
+    Everything is read through file descriptors opened once: the workspace folder, then each
+    folder on the way (``.claude``) relative to its parent's descriptor and never through a
+    symbolic link, then each file relative to its folder's descriptor, hashed and read from
+    that same descriptor. So a ``.claude`` (or a file) swapped for a symlink at any moment is
+    seen as a link (a problem, never trusted), and what is hashed is what is parsed. Never
+    blocks on special files, never reads more than the size limit. ``step`` is a test seam.
+    """
+    at = step or (lambda _name: None)
+    root = workspace_key(workspace)
+    at("open workspace")
+    root_fd = os.open(root, os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW)
+    dirs: dict[str, int | OSError | None] = {"": root_fd}
+    files = []
+    try:
+        for rel in WORKSPACE_CONFIG_FILES:
+            folder, _, name = rel.rpartition("/")
+            if folder not in dirs:
+                at(f"open {folder}")
+                try:
+                    dirs[folder] = _open_child_dir(root_fd, folder)
+                except OSError as exc:
+                    dirs[folder] = exc
+            dir_fd = dirs[folder]
+            if dir_fd is None:
+                files.append(ConfigFile(rel, None, None))
+            elif isinstance(dir_fd, OSError):
+                try:
+                    target = os.readlink(folder, dir_fd=root_fd)
+                    marker, problem = (
+                        b"dirlink\0" + os.fsencode(target),
+                        f"{folder} is a symbolic link to {target!r}; replace it with a folder",
+                    )
+                except OSError:
+                    marker, problem = b"notdir", f"{folder} is not a folder"
+                files.append(ConfigFile(rel, None, _hash_special(rel, marker), problem))
+            else:
+                files.append(_snapshot_file(rel, dir_fd, name, at))
+    finally:
+        for fd in dirs.values():
+            if isinstance(fd, int):
+                os.close(fd)
     return Snapshot(root=root, files=tuple(files))
 
 
@@ -401,12 +476,13 @@ class TrustStore:
             log.warning("trust check for %s failed; treating it as untrusted", root, exc_info=True)
             return TrustStatus(TrustState.UNTRUSTED, root)
 
-    def verified_snapshot(self, workspace: Path) -> Snapshot | None:
-        """The workspace's config bytes if (and only if) they match the trusted hashes."""
+    def verified_snapshot(self, workspace: Path, *, step: Step | None = None) -> Snapshot | None:
+        """The workspace's config bytes if (and only if) they match the trusted hashes.
+        (``step`` is the test seam of :func:`snapshot`.)"""
         try:
             if str(workspace_key(workspace)) not in self._read():
                 return None  # untrusted: its config files are not even opened
-            snap = snapshot(workspace)
+            snap = snapshot(workspace, step=step)
             return snap if self.status(workspace, snap).trusted else None
         except Exception:
             log.warning("trust check for %s failed", workspace, exc_info=True)

@@ -120,6 +120,24 @@ def test_a_claude_folder_with_credentials_is_refused_before_anything(paths, work
     assert not paths.sessions.exists()
 
 
+def test_credential_files_in_the_workspace_refuse_under_policy(paths, workspace, tmp_path):
+    (workspace / "notes.txt").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n")
+    with pytest.raises(WorkspaceError, match=r"notes\.txt: a private key"):
+        Session.open(
+            workspace, paths=paths, backend=ExplodingBackend(),
+            settings=VMSettings(claude_dir=tmp_path / "none", secret_files="refuse"),
+        )  # fmt: skip
+    assert not paths.sessions.exists()
+
+
+def test_secret_files_setting_follows_the_policy(tmp_path):
+    paths = Paths.under(tmp_path)
+    assert VMSettings.from_policy(load_policy(paths)).secret_files == "warn"
+    paths.config.mkdir(parents=True)
+    paths.user_settings_file.write_text('version = 1\n[mounts]\nsecret_files = "refuse"\n')
+    assert VMSettings.from_policy(load_policy(paths)).secret_files == "refuse"
+
+
 def test_settings_follow_the_policy(tmp_path):
     paths = Paths.under(tmp_path)
     paths.config.mkdir(parents=True)

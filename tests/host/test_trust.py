@@ -141,3 +141,93 @@ def test_any_exception_in_the_check_denies(store, ws, monkeypatch):
     monkeypatch.setattr("cowork.host.trust.snapshot", broken)
     assert store.status(ws).state is TrustState.UNTRUSTED
     assert store.verified_snapshot(ws) is None
+
+
+# --- races: what is hashed is what is read, through descriptors opened once -----------------
+
+
+def _swap_claude_for_link(ws, tmp_path, *, same_content: bool):
+    """Replace ws/.claude by a symlink to a look-alike folder elsewhere."""
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere).mkdir(exist_ok=True)
+    original = (ws / ".claude" / "settings.json").read_bytes()
+    (ws / ".claude").rename(tmp_path / "moved-away")
+    data = original if same_content else b'{"hooks": {"Stop": [{"command": "evil"}]}}'
+    (elsewhere / "settings.json").write_bytes(data)
+    (ws / ".claude").symlink_to(elsewhere)
+
+
+@pytest.mark.parametrize("same_content", [True, False])
+def test_claude_swapped_for_a_symlink_between_check_and_snapshot_is_refused(
+    store, ws, tmp_path, same_content
+):
+    from cowork.host import workspace as ws_mod
+    from cowork.paths import Paths
+
+    store.trust(summarize(snapshot(ws)))
+    # The workspace check sees a real .claude folder ...
+    ws_mod.check_workspace(ws, paths=Paths.under(tmp_path / "cw"))
+    steps: list[str] = []
+
+    def swap(name: str) -> None:
+        steps.append(name)
+        if name == "open .claude":  # ... and it is swapped just before the snapshot opens it
+            _swap_claude_for_link(ws, tmp_path, same_content=same_content)
+
+    assert store.verified_snapshot(ws, step=swap) is None
+    assert "open .claude" in steps
+    snap = snapshot(ws)
+    summary = summarize(snap)
+    assert any(".claude is a symbolic link" in p for p in summary.problems)
+    assert store.status(ws, snap).state is TrustState.LAPSED
+    with pytest.raises(TrustError):
+        store.trust(summary)
+
+
+def test_a_swap_after_the_folder_is_opened_does_not_change_what_is_read(store, ws, tmp_path):
+    original = (ws / ".claude" / "settings.json").read_bytes()
+    store.trust(summarize(snapshot(ws)))
+
+    def swap(name: str) -> None:
+        if name == "open .claude/settings.json":
+            _swap_claude_for_link(ws, tmp_path, same_content=False)
+
+    snap = snapshot(ws, step=swap)
+    # The descriptor of the real folder was already open: the attacker's file is never read.
+    assert snap.file(".claude/settings.json").data == original
+    assert snap.file(".claude/settings.local.json").present is False
+
+
+def test_a_file_swapped_for_a_symlink_is_refused(store, ws, tmp_path):
+    store.trust(summarize(snapshot(ws)))
+    (tmp_path / "copy.json").write_bytes((ws / ".mcp.json").read_bytes())
+
+    def swap(name: str) -> None:
+        if name == "open .mcp.json":
+            (ws / ".mcp.json").unlink()
+            (ws / ".mcp.json").symlink_to(tmp_path / "copy.json")
+
+    assert store.verified_snapshot(ws, step=swap) is None
+    assert any("symbolic link" in p for p in summarize(snapshot(ws)).problems)
+
+
+def test_a_workspace_swapped_for_a_symlink_fails_closed(store, ws, tmp_path):
+    store.trust(summarize(snapshot(ws)))
+    other = tmp_path / "other"
+
+    def swap(name: str) -> None:
+        if name == "open workspace":
+            ws.rename(other)
+            ws.symlink_to(other)
+
+    assert store.verified_snapshot(ws, step=swap) is None  # ELOOP: fails closed
+    assert store.status(ws).state is not TrustState.TRUSTED
+
+
+def test_a_claude_that_is_a_file_is_a_problem(ws):
+    import shutil
+
+    shutil.rmtree(ws / ".claude")
+    (ws / ".claude").write_text("x")
+    snap = snapshot(ws)
+    assert any(".claude is not a folder" in (f.problem or "") for f in snap.files)

@@ -12,6 +12,14 @@ approval mode turns the risk into a verdict (:class:`Approvals`):
 Forbidden: reaching credentials, file tools outside /workspace, workspace configuration, and
 network requests the egress policy would deny (asking cannot make them work).
 
+A shell command is judged as written and as the shell would read it
+(:mod:`cowork.host.agent.shellwords`: dequoted, ANSI-C strings decoded, variables set in the
+same command substituted, ``eval``/``sh -c`` text read again); the worse verdict wins. What
+cannot be read with confidence (a computed program name, text piped into a shell, aliases,
+``IFS`` tricks) is risky, and decoding hidden text into a shell is forbidden. Writing the
+workspace configuration (``.claude/``, ``.cowork.toml``, ``.mcp.json``, in any letter case)
+is forbidden, from the file tools and from the shell.
+
 Every reason is one plain-language sentence a non-technical person can judge. Any exception
 while assessing refuses the action (fail closed).
 """
@@ -23,12 +31,14 @@ import binascii
 import enum
 import posixpath
 import re
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from cowork.host.agent import shellwords
 from cowork.host.agent.loop import Decision, ToolCall, Verdict
 from cowork.host.agent.settings import ApprovalMode
 from cowork.host.agent.tools import READ_ONLY_TOOLS, TOOL_NAMES
@@ -52,6 +62,10 @@ class Assessment:
     risk: Risk
     reason: str
     rule: str
+    #: Its effects stay inside the shared folder, so staged changes make it reviewable and
+    #: undoable (auto mode then runs it without asking). Never true for anything that reaches
+    #: the network, another machine, or files outside the folder.
+    reversible: bool = False
 
 
 class Assessor(Protocol):
@@ -65,7 +79,10 @@ ROUTINE = Assessment(Risk.ROUTINE, "This is routine work inside your folder.", "
 _CREDENTIAL_PATH = re.compile(
     r"(\.aws\b|\.ssh\b|\bid_(rsa|dsa|ecdsa|ed25519)\b|\.netrc\b|\.git-credentials\b|"
     r"\.docker/config\.json|\.kube/config|\.gnupg\b|\.config/gcloud|\.azure\b|"
-    r"\.password-store|\.pgpass\b|\.npmrc\b|\.pypirc\b|/etc/(g)?shadow\b|/etc/sudoers|"
+    r"\.password-store|\.pgpass\b|\.credentials\.json\b|\.vault-token\b|\.config/(gh|hub|op|"
+    r"Bitwarden|1Password|google-chrome|chromium|BraveSoftware|microsoft-edge|keepassxc)\b|"
+    r"\.cargo/credentials|\.terraform\.d/credentials|\.mozilla\b|\.local/share/keyrings|"
+    r"\.npmrc\b|\.pypirc\b|/etc/(g)?shadow\b|/etc/sudoers|"
     r"\bkeychain\b|\bsecret-tool\b|find-generic-password|find-internet-password|"
     r"\bkeyring\s+get\b|/proc/[^/\s]+/environ|\bgnome-keyring)",
     re.IGNORECASE,
@@ -80,7 +97,10 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 #: A file search by a credential-like name (``find / -name credentials``).
 _CREDENTIAL_SEARCH = re.compile(
     r"\bfind\s+(/|~|\$\{?HOME)\S*\s.*-i?(name|path|wholename|regex)\s+\S*(aws|ssh|credential|"
-    r"id_rsa|id_ed25519|id_ecdsa|netrc|keyring)|\blocate\s+\S*(credential|id_rsa|\.aws|\.ssh)",
+    r"id_rsa|id_ed25519|id_ecdsa|netrc|keyring|\.pem|\.key\b|\.p12|\.kdbx|secret|token|passw)|"
+    r"\b(grep|egrep|rg|ag|ack)\b[^;&|]*(PRIVATE KEY|AKIA|passw|secret|token|api.?key)[^;&|]*"
+    r"\s(/(?!workspace\b|tmp\b)|~|\$\{?HOME\}?)\S*(\s|$)|"
+    r"\blocate\s+\S*(credential|id_rsa|\.aws|\.ssh)",
     re.IGNORECASE,
 )
 _HOME_ANCHOR = re.compile(r"^(~|\$\{?HOME\}?)(?=/|$)")
@@ -144,13 +164,105 @@ _NET_TOOL = re.compile(
 )
 _UPLOAD = re.compile(
     r"(\s-d\s|\s-d['\"@]|\s--data(-binary|-raw|-urlencode)?[\s=]|\s-F\s|\s--form[\s=]|"
-    r"\s-T\s|\s--upload-file[\s=]|\s--post-(data|file)[\s=]|-X\s*(POST|PUT|PATCH)|"
-    r"--request[\s=](POST|PUT|PATCH)|--method[\s=](POST|PUT)|requests\.(post|put|patch)|"
+    r"\s-T\s|\s--upload-file[\s=]|\s--post-(data|file)[\s=]|-X\s*(POST|PUT|PATCH|DELETE)|"
+    r"--request[\s=](POST|PUT|PATCH|DELETE)|--method[\s=](POST|PUT|DELETE)|"
+    r"requests\.(post|put|patch|delete)|\shttps?\s+(POST|PUT|PATCH|DELETE)\s|"
     r"data\s*=|method\s*=\s*['\"]?(POST|PUT))",
     re.IGNORECASE,
 )
 _URL = re.compile(r"(?i)\b(https?|ftp)://[^\s'\"<>|;)]+")
 _BARE_HOST_URL = re.compile(r"(?i)(?:^|\s)(?:curl|wget)\s+(?:-\S+\s+)*([a-z0-9.-]+\.[a-z]{2,}\S*)")
+
+#: Looking through the environment for secrets (``env | grep -i token``).
+_ENV_HUNT = re.compile(
+    r"(^|[\s;&|(])(env|printenv|set|export\s+-p|declare\s+-x|compgen\s+-v)\s*(\||$|;)"
+    r"[^;&]*\b(key|token|secret|passw|cred|auth)",
+    re.IGNORECASE,
+)
+#: Actions whose effect on the world cannot be taken back: (pattern, reason, rule).
+_IRREVERSIBLE: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    (
+        re.compile(
+            r"(^|[\s;&|(])(npm|yarn|pnpm)\s+publish\b|\btwine\s+upload\b|"
+            r"\b(cargo|poetry|flit|hatch)\s+publish\b|\bgem\s+push\b|\b(docker|podman|helm)\s+push\b|"
+            r"\bpython[0-9.]*\s+(-m\s+)?twine\s+upload\b|\buv\s+publish\b"
+        ),
+        "It would publish a package for everyone to download, which cannot be taken back.",
+        "publish",
+    ),
+    (
+        re.compile(
+            r"(^|[\s;&|(])(mail|mailx|sendmail|swaks|msmtp|mutt|s-nail|ssmtp)(\s|$)|\bsmtplib\b|"
+            r"\bnodemailer\b|\bsendgrid\b"
+        ),
+        "It would send an email, which cannot be unsent.",
+        "send-mail",
+    ),
+    (
+        re.compile(
+            r"\bgh\s+(pr\s+(create|merge|comment|close|review|edit)|issue\s+(create|comment|"
+            r"close|edit|delete)|release\s+(create|upload|delete|edit)|repo\s+(create|delete|"
+            r"edit|rename|archive)|gist\s+(create|edit|delete)|api\s+.*(-X\s*(POST|PUT|PATCH|"
+            r"DELETE)|--method\s+(POST|PUT|PATCH|DELETE)|\s-[fF]\s))",
+            re.IGNORECASE,
+        ),
+        "It would change something on GitHub that other people can see.",
+        "network-write",
+    ),
+    (
+        re.compile(
+            r"\b(scp|sftp)\s|\brsync\s[^;&|]*\S+@?[\w.-]+:|\baws\s+s3\s+(cp|mv|sync|rm|rb|mb)\b|"
+            r"\bgsutil\s+(cp|mv|rm|rsync)\b|\brclone\s+(copy|sync|move|delete|purge)\b|"
+            r"\bkubectl\s+(apply|delete|create|patch|edit|scale|replace)\b|"
+            r"\bterraform\s+(apply|destroy)\b|(^|[\s;&|(])ssh\s+\S+\s+\S"
+        ),
+        "It would change files or services on another computer, which cannot be undone from here.",
+        "remote-write",
+    ),
+)
+#: Files in the folder that the person's own computer runs (outside the VM) when they use
+#: the folder: git hooks and config, direnv, editor tasks.
+_HOST_EXEC_FILE = re.compile(
+    r"(^|/)\.git/(hooks(/|$)|config$)|(^|/)\.envrc$|(^|/)\.vscode/(tasks|launch)\.json$"
+)
+_HOST_EXEC_IN_TEXT = re.compile(
+    r"\.git/hooks\b|\.git/config\b|(^|[\s/'\"=])\.envrc\b|\.vscode/(tasks|launch)\.json\b"
+)
+_GIT_CONFIG_EXEC = re.compile(
+    r"\bgit\s+(-C\s+\S+\s+)?config\b[^;&|]*\b(core\.(hookspath|fsmonitor|sshcommand|editor|"
+    r"pager|askpass|gitproxy)|alias\.|filter\.|diff\.\S*textconv|credential\.helper|"
+    r"include\.path|includeif)",
+    re.IGNORECASE,
+)
+_STARTUP_FILES = re.compile(
+    r"\.(bashrc|bash_profile|bash_login|profile|zshrc|zprofile|zshenv|inputrc)\b|"
+    r"\.config/(fish|autostart|systemd)\b|authorized_keys\b|\.ssh/rc\b"
+)
+_PERSIST = re.compile(
+    r"(^|[\s;&|(])crontab(\s|$)|\bsystemctl\s+(--user\s+)?(enable|start)\b|\bat\s+now\b"
+)
+_HOST_EXEC = Assessment(
+    Risk.FORBIDDEN,
+    "It would plant something your own computer runs outside the VM when you use this folder.",
+    "host-exec",
+)
+#: Pushing to an address typed into the command, or to a remote added on the spot.
+_PUSH_TO_TYPED = re.compile(
+    r"\bgit\s+push\s+(-\S+\s+)*(https?|ssh|git)://|\bgit\s+push\s+(-\S+\s+)*[\w.-]+@[\w.-]+:|"
+    r"\bgit\s+remote\s+(add|set-url)\b.*\bgit\s+push\b"
+)
+_SECRET_NAME = re.compile(
+    r"(^|[\s@/'\"=<(])(\.env(?!\.(example|sample|template))(\.\w+)?|[\w.-]*\.pem|[\w.-]*\.key|"
+    r"id_(rsa|ed25519|ecdsa|dsa)|credentials[\w.]*|secrets?\.\w+|\.netrc)(\s|$|[\s'\")|;&])"
+)
+_WHOLE_SYSTEM_DELETE = re.compile(r"\brm\s+(-\S+\s+)*(/|/\*|/\.\*)(\s|$)|--no-preserve-root")
+_LOOPBACK = re.compile(r"\b(127\.\d+\.\d+\.\d+|localhost|::1)\b")
+_IP_OR_HOST_TARGET = re.compile(r"/dev/(tcp|udp)/|\b\d{1,3}(\.\d{1,3}){3}\b|connect\(\(")
+#: Rules about work confined to the folder: undoable when changes are staged.
+STAGED_REVERSIBLE = frozenset(
+    {"mass-delete", "git-discard", "truncate", "mass-permissions", "git-internals", "ci-config",
+     "secret-file"}
+)  # fmt: skip
 
 _REGENERABLE = {
     "build",
@@ -320,23 +432,27 @@ class RuleAssessor:
         rel = _workspace_relative(path)
         first = rel.split("/", 1)[0]
         if call.name not in READ_ONLY_TOOLS:
-            if first == ".claude":
+            if _is_workspace_config(rel):
                 return Assessment(
                     Risk.FORBIDDEN,
                     "It would change the folder's agent settings, which only you may change.",
                     "workspace-config",
                 )
+            if _HOST_EXEC_FILE.search(_fold(rel)):
+                return _HOST_EXEC
             if first == ".git":
                 return Assessment(
                     Risk.RISKY,
                     "It would edit version-control internals directly, which can corrupt history.",
                     "git-internals",
+                    reversible=True,
                 )
             if rel.startswith(".github/workflows/") or rel.startswith(".gitlab-ci"):
                 return Assessment(
                     Risk.RISKY,
                     "It would change automation that runs on a server when you publish.",
                     "ci-config",
+                    reversible=True,
                 )
         base = posixpath.basename(rel)
         if re.fullmatch(
@@ -346,24 +462,74 @@ class RuleAssessor:
                 Risk.RISKY,
                 f"The file {rel} may contain passwords or keys.",
                 "secret-file",
+                reversible=call.name not in READ_ONLY_TOOLS,  # reading it shows it to the model
             )
         return ROUTINE
 
     # --- bash ------------------------------------------------------------------------
     def _bash(self, command: str) -> Assessment:
+        """Judge the command as written and as the shell would read it (dequoted, decoded,
+        variables substituted); the worse verdict wins. What cannot be read is never routine.
+        """
         if not command.strip():
             return ROUTINE
+        read = shellwords.normalise(command)
+        worst = self._bash_text(command)
+        if worst.risk is not Risk.FORBIDDEN:
+            second = self._bash_text(read.text)
+            # The worse view wins; at equal risk, "undoable" must hold for both views.
+            if second.risk > worst.risk or (
+                second.risk == worst.risk and worst.reversible and not second.reversible
+            ):
+                worst = second
+        if worst.risk is not Risk.FORBIDDEN and _writes_named(read.text, _CONFIG_IN_TEXT):
+            return _CONFIG_WRITE
+        if worst.reversible and (DYNAMIC_SHOWN in read.text or read.opaque):
+            # Where a computed word could point is unknown: not provably inside the folder.
+            worst = Assessment(worst.risk, worst.reason, worst.rule)
+        if read.opaque and worst.risk is not Risk.FORBIDDEN:
+            runs_hidden = any(o in _RUNS_TEXT for o in read.opaque)
+            if runs_hidden and shellwords.has_decoder(command):
+                return Assessment(
+                    Risk.FORBIDDEN,
+                    "It decodes hidden text and runs it as commands, which cannot be checked.",
+                    "encoded-exec",
+                )
+            if worst.risk is Risk.ROUTINE:
+                return Assessment(
+                    Risk.RISKY,
+                    f"It hides what it really runs: {read.opaque[0]}.",
+                    "obfuscated",
+                )
+        return worst
+
+    def _bash_text(self, command: str) -> Assessment:
         norm = _normalise(command)
-        if _reaches_credentials(command):
+        if _reaches_credentials(command) or _ENV_HUNT.search(norm):
             return Assessment(
                 Risk.FORBIDDEN,
                 "It tries to reach stored passwords, keys or secrets, which the agent never needs.",
                 "credentials",
             )
+        if _GIT_CONFIG_EXEC.search(norm) or _writes_named(norm, _HOST_EXEC_IN_TEXT):
+            return _HOST_EXEC
+        if _writes_named(norm, _STARTUP_FILES) or _PERSIST.search(norm):
+            return Assessment(
+                Risk.FORBIDDEN,
+                "It would set up commands that run again later without you.",
+                "persistence",
+            )
+        if _WHOLE_SYSTEM_DELETE.search(norm):
+            return Assessment(
+                Risk.FORBIDDEN,
+                "It would erase the whole system, including your folder.",
+                "system-destructive",
+            )
         urls = [m.group(0) for m in _URL.finditer(command)]
         if not urls:
             urls = [f"https://{m}" for m in _BARE_HOST_URL.findall(norm)]
         uploads = bool(_UPLOAD.search(" " + norm))
+        sends = uploads and bool(_NET_TOOL.search(norm) or urls)
         if urls and self.egress_check is not None:
             method = "POST" if uploads else "GET"
             for url in urls:
@@ -376,6 +542,26 @@ class RuleAssessor:
                         f"{host} ({why}).",
                         "egress-denied",
                     )
+        if (sends or _IRREVERSIBLE[0][0].search(norm)) and _SECRET_NAME.search(norm):
+            return Assessment(
+                Risk.FORBIDDEN,
+                "It would send a file that holds passwords or keys to a server.",
+                "secret-upload",
+            )
+        if _PUSH_TO_TYPED.search(norm):
+            return Assessment(
+                Risk.FORBIDDEN,
+                "It would publish your project to an address typed into the command, not to "
+                "its own server.",
+                "push-elsewhere",
+            )
+        raw_target = _IP_OR_HOST_TARGET.search(norm)
+        if _RAW_NET.search(norm) and raw_target and not _LOOPBACK.search(norm):
+            return Assessment(
+                Risk.FORBIDDEN,
+                "It opens a direct connection to another computer, as only a backdoor would.",
+                "raw-network",
+            )
         if _CURL_PIPE_SHELL.search(norm):
             return Assessment(
                 Risk.RISKY,
@@ -396,7 +582,7 @@ class RuleAssessor:
             )
         if _DNS_TOOL.search(norm) and ("$(" in command or "`" in command or "$" in norm):
             return Assessment(
-                Risk.RISKY,
+                Risk.FORBIDDEN,
                 "It would leak information hidden inside network name lookups.",
                 "dns-exfiltration",
             )
@@ -406,15 +592,17 @@ class RuleAssessor:
                 "It would send the output of another command over the internet.",
                 "network-substitution",
             )
-        if uploads and (_NET_TOOL.search(norm) or urls):
-            granted = bool(urls) and self.egress_check is not None
-            if not granted:
-                where = _hosts(urls) if urls else "a server on the internet"
-                return Assessment(
-                    Risk.RISKY,
-                    f"It would send data from your folder to {where}.",
-                    "upload",
-                )
+        if sends:
+            # Granted or not, a network write cannot be taken back: the person decides.
+            where = _hosts(urls) if urls else "a server on the internet"
+            return Assessment(
+                Risk.RISKY,
+                f"It would send data or make changes on {where}, which cannot be undone.",
+                "upload",
+            )
+        for pattern, reason, rule in _IRREVERSIBLE:
+            if pattern.search(norm):
+                return Assessment(Risk.RISKY, reason, rule)
         if _HOME_REF.search(command) or _HOME_REF.search(norm):
             return Assessment(
                 Risk.RISKY,
@@ -430,7 +618,7 @@ class RuleAssessor:
             )
         for pattern, reason, rule in _DESTRUCTIVE:
             if pattern.search(norm):
-                return Assessment(Risk.RISKY, reason, rule)
+                return Assessment(Risk.RISKY, reason, rule, reversible=rule in STAGED_REVERSIBLE)
         deletion = _mass_deletion(norm)
         if deletion:
             return deletion
@@ -454,6 +642,62 @@ def _workspace_relative(path: str) -> str:
     return "" if norm == "." else norm
 
 
+#: Files that steer the agent or cowork; only the person may change them (in any case:
+#: on a case-insensitive disk ``.CLAUDE`` is ``.claude``).
+_CONFIG_NAMES = (".cowork.toml", ".mcp.json")
+_CONFIG_IN_TEXT = re.compile(
+    r"(?:^|[\s/=:'\"<>])(?:\.claude(?=/|\s|$|[;&|)'\"])|\.cowork\.toml\b|\.mcp\.json\b)"
+)
+#: Commands that only read what they are given (so naming a config file with them is fine).
+_READERS = frozenset(
+    {"cat", "less", "more", "head", "tail", "ls", "grep", "egrep", "fgrep", "rg", "jq", "wc",
+     "stat", "file", "diff", "sha256sum", "md5sum", "test", "[", "echo", "printf", "tree",
+     "realpath", "readlink", "du", "cmp", "bat", "yq", "tomlq"}
+)  # fmt: skip
+_GIT_READS = re.compile(r"^git\s+(log|diff|show|status|blame|ls-files|check-ignore)\b")
+_RUNS_TEXT = (
+    "it runs text produced by another command as a program",
+    "it runs text that is built while it runs (eval or sh -c)",
+    "it runs program code that is built while it runs",
+)
+DYNAMIC_SHOWN = "$?"  # how shellwords shows a word computed while the command runs
+_CONFIG_WRITE = Assessment(
+    Risk.FORBIDDEN,
+    "It would change the folder's agent settings, which only you may change.",
+    "workspace-config",
+)
+
+
+def _fold(text: str) -> str:
+    return unicodedata.normalize("NFKC", text).casefold()
+
+
+def _is_workspace_config(rel: str) -> bool:
+    parts = [_fold(p) for p in PurePosixPath(rel).parts]
+    return ".claude" in parts or (bool(parts) and parts[-1] in _CONFIG_NAMES)
+
+
+def _writes_named(text: str, names: re.Pattern[str]) -> bool:
+    """True when a shell command names a file matching ``names`` with anything but a plain
+    reader (or redirects output into it)."""
+    for segment in re.split(r"\s(?:;|&&|\|\||\||&)\s|\n", _fold(text)):
+        found = names.search(segment)
+        if not found:
+            continue
+        seg = segment.strip()
+        redirect = re.search(r"(>>?|>\|)\s*(\S+)", seg)
+        if redirect and names.search(" " + redirect.group(2)):
+            return True
+        words = seg.split()
+        first = posixpath.basename(words[0]) if words else ""
+        if first in _READERS or _GIT_READS.match(seg):
+            continue
+        if first == "find" and not re.search(r"-(delete|exec|execdir|ok|fprint)", seg):
+            continue
+        return True
+    return False
+
+
 def _outside_paths(norm: str) -> list[str]:
     found: list[str] = []
     has_cd = re.search(r"(^|[\s;&|(])cd\s", norm) is not None
@@ -461,6 +705,8 @@ def _outside_paths(norm: str) -> list[str]:
         if "://" in word:
             continue
         if word.startswith("/"):
+            if "^" in word or "$/" in word or "\\" in word:
+                continue  # a sed or awk address such as /^$/d, not a path
             path = posixpath.normpath(word)
             if not any(path == p or path.startswith(p + "/") for p in _ALLOWED_ABS):
                 found.append(word)
@@ -470,6 +716,19 @@ def _outside_paths(norm: str) -> list[str]:
 
 
 def _mass_deletion(norm: str) -> Assessment | None:
+    found = _mass_deletion_in(norm)
+    if found is None:
+        return None
+    # Undoable (with staged changes) only if every path it names is inside the folder.
+    inside = all(
+        _inside_workspace(w) and w not in ("~", "..") and "$" not in w and "`" not in w
+        for w in _tokens(norm)
+        if w.startswith(("/", "~", "..", "$")) and "://" not in w
+    )
+    return found if inside else Assessment(found.risk, found.reason, found.rule)
+
+
+def _mass_deletion_in(norm: str) -> Assessment | None:
     for segment in re.split(r"[;&|]+", norm):
         words = segment.split()
         if not words:
@@ -503,6 +762,7 @@ def _many_files() -> Assessment:
         Risk.RISKY,
         "It would delete a folder or many files at once, which cannot be undone.",
         "mass-delete",
+        reversible=True,
     )
 
 
@@ -537,9 +797,14 @@ class ClassifierAssessor:
 class Approvals:
     """The gate: turns an assessment into run / ask / refuse for one approval mode."""
 
-    def __init__(self, mode: ApprovalMode, assessor: Assessor) -> None:
+    def __init__(
+        self, mode: ApprovalMode, assessor: Assessor, *, changes_staged: bool = False
+    ) -> None:
         self.mode = ApprovalMode(mode)
         self.assessor = assessor
+        #: The session's changes to the folder are staged for review (not written through):
+        #: auto mode then runs risky-but-reversible work confined to the folder unasked.
+        self.changes_staged = changes_staged
 
     def decide(self, call: ToolCall) -> Decision:
         try:
@@ -558,7 +823,11 @@ class Approvals:
         if risk is Risk.FORBIDDEN:
             verdict = Verdict.REFUSE
         elif risk is Risk.RISKY:
-            verdict = Verdict.REFUSE if self.mode is ApprovalMode.DENY_RISKY else Verdict.ASK
+            undoable = self.changes_staged and a.reversible is True
+            if self.mode is ApprovalMode.AUTO and undoable:
+                verdict = Verdict.RUN
+            else:
+                verdict = Verdict.REFUSE if self.mode is ApprovalMode.DENY_RISKY else Verdict.ASK
         elif self.mode is ApprovalMode.ASK and call.name not in READ_ONLY_TOOLS:
             verdict = Verdict.ASK
         else:
@@ -566,4 +835,6 @@ class Approvals:
         reason = a.reason
         if verdict is Verdict.ASK and risk is Risk.ROUTINE:
             reason = "You chose to approve every action that changes something."
+        if verdict is Verdict.RUN and risk is Risk.RISKY:
+            reason = "Its changes stay staged in your folder for you to review or undo."
         return Decision(verdict, reason, risk=risk.label, rule=a.rule)

@@ -11,7 +11,7 @@ Shape (TOML)::
 
     [vm]        cpus, memory_mib, accel, libvirt_uri, keep_overlay, boot_timeout_s, start_mode,
                 pool_size, pool_memory_mib
-    [mounts]    workspace_writable, claude_dir, claude_writable
+    [mounts]    workspace_writable, claude_dir, claude_writable, secret_files
     [egress]    grants (list of Grant), deny_hosts, allow_websockets, max_body_mib
     [agent]     model, base_url, approval_mode, allowed_approval_modes, max_turns, max_tokens
     [audit]     log_path, otel_endpoint, exception_inbox, otel_protocol, export_queue_mib,
@@ -95,6 +95,11 @@ class MountsSection(_Section):
         default=False,
         description="Share the .claude folder read-write. Only admin policy can turn this on; "
         "a workspace's own .claude folder is always read-only.",
+    )
+    secret_files: Literal["warn", "refuse"] = Field(
+        default="warn",
+        description="A workspace holding files that look like credentials (keys, .env, "
+        "password exports): 'warn' shares it and says so, 'refuse' does not share it.",
     )
 
     @field_validator("claude_dir")
