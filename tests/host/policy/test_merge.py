@@ -351,3 +351,53 @@ def test_allowed_approval_modes_intersect():
     disjoint = merge(admin, layer("workspace", "[agent]\nallowed_approval_modes = ['auto']\n"))
     assert disjoint.agent.allowed_approval_modes == ("ask", "deny-risky")
     assert any("shares no mode" in n for n in disjoint.notes)
+
+
+# --- workspace.changes (staged or direct) --------------------------------------------------
+
+
+def test_changes_unset_gives_each_command_its_own_default():
+    p = merge(ADMIN_NONE, layer("user", ""))
+    assert p.doc.workspace.changes is None
+    assert p.changes_mode("staged") == "staged"
+    assert p.changes_mode("direct") == "direct"
+
+
+def test_changes_set_overrides_every_command_default():
+    p = merge(ADMIN_NONE, layer("user", "[workspace]\nchanges = 'staged'\n"))
+    assert p.changes_mode("direct") == "staged"
+    p = merge(ADMIN_NONE, layer("user", "[workspace]\nchanges = 'direct'\n"))
+    assert p.changes_mode("staged") == "direct"
+
+
+def test_admin_lock_on_staged_wins_over_user_and_workspace():
+    admin = layer("admin", "locks = ['workspace.changes']\n[workspace]\nchanges = 'staged'\n")
+    p = merge(
+        admin,
+        layer("user", "[workspace]\nchanges = 'direct'\n"),
+        layer("workspace", "[workspace]\nchanges = 'direct'\n"),
+    )
+    assert p.changes_mode("direct") == "staged"
+    assert p.origin("workspace.changes") == ("admin", True)
+    assert any("workspace.changes is locked" in n for n in p.notes)
+
+
+def test_workspace_may_ask_for_staged_but_not_direct():
+    p = merge(
+        ADMIN_NONE, layer("user", ""), layer("workspace", "[workspace]\nchanges = 'staged'\n")
+    )
+    assert p.changes_mode("direct") == "staged"
+    p = merge(
+        ADMIN_NONE, layer("user", ""), layer("workspace", "[workspace]\nchanges = 'direct'\n")
+    )
+    assert p.changes_mode("staged") == "staged"
+    assert any("would widen" in n for n in p.notes)
+
+
+def test_undo_limits_are_not_for_a_workspace():
+    p = merge(
+        ADMIN_NONE, layer("user", ""), layer("workspace", "[workspace]\nundo_quota_mib = 1\n")
+    )
+    assert p.doc.workspace.undo_quota_mib == 2048
+    p = merge(ADMIN_NONE, layer("user", "[workspace]\nundo_max_age_days = 3\n"))
+    assert p.doc.workspace.undo_max_age_days == 3
