@@ -66,6 +66,8 @@ class Seed:
     guest_code: dict[str, str] = field(default_factory=dict)  # relative path -> source
     hostname: str = "cowork"
     channel_port: str = CHANNEL_PORT
+    #: Staged changes: the workspace share is read-only and /workspace is an overlay on it.
+    staged: bool = False
 
     def to_payload(self) -> dict[str, Any]:
         return asdict(self)

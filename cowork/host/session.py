@@ -74,9 +74,13 @@ class VMSettings:
     claude_dir: Path | None = None  # None: ~/.claude
     claude_writable: bool = False
     workspace_writable: bool = True
+    #: "staged": read-only share + overlay in the guest (cowork.host.changes); "direct".
+    workspace_changes: str = "direct"
+    undo_quota_mib: int = 2048
 
     @classmethod
-    def from_policy(cls, policy: Policy) -> VMSettings:
+    def from_policy(cls, policy: Policy, changes_default: str = "direct") -> VMSettings:
+        """``changes_default`` is the command's own default for ``workspace.changes``."""
         vm, mounts = policy.vm, policy.mounts
         return cls(
             cpus=vm.cpus,
@@ -88,6 +92,8 @@ class VMSettings:
             claude_dir=Path(mounts.claude_dir).expanduser() if mounts.claude_dir else None,
             claude_writable=mounts.claude_writable,
             workspace_writable=mounts.workspace_writable,
+            workspace_changes=policy.changes_mode(changes_default),  # type: ignore[arg-type]
+            undo_quota_mib=policy.doc.workspace.undo_quota_mib,
         )
 
 
@@ -136,6 +142,8 @@ class SessionState:
     agent_uid: int
     agent_gid: int
     image_recipe: str
+    changes: str = "direct"
+    undo_quota_mib: int = 2048
 
 
 def _slug(text: str) -> str:
@@ -310,10 +318,15 @@ class Session:
             rdir.mkdir(parents=True, mode=0o700)
             created.append(rdir)
             ws_mod.ensure_workspace_claude(resolved)
+            staged = settings.workspace_changes == "staged"
+            if staged:
+                from cowork.host import changes as changes_mod
+
+                changes_mod.store.begin(paths, name, resolved)
             shares = ws_mod.shares_for(
                 resolved,
                 claude,
-                workspace_writable=settings.workspace_writable,
+                workspace_writable=settings.workspace_writable and not staged,
                 claude_writable=settings.claude_writable,
             )
 
@@ -336,6 +349,7 @@ class Session:
                 env=seed_env,
                 ca_certs=ca_certs,
                 guest_code=contract.guest_code_files(),
+                staged=staged,
             )
             _write_private(sdir / SEED_FILE, contract.encode_seed(seed))
             del host_priv
@@ -395,6 +409,8 @@ class Session:
                 agent_uid=identity.uid,
                 agent_gid=identity.gid,
                 image_recipe=info.recipe_hash,
+                changes=settings.workspace_changes,
+                undo_quota_mib=settings.undo_quota_mib,
             )  # fmt: skip
             (sdir / SESSION_STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
             events.emit(
@@ -475,14 +491,32 @@ class Session:
         if self._closed:
             return
         self._closed = True
+        keep = self.keep_overlay
         try:
+            if self.state.changes == "staged":
+                keep = not self.save_changes() or keep
             self.channel.close()
             self._stop_services()
         finally:
             destroy_session(
                 self.name, paths=self.paths, backend=self.backend, events=self.events,
-                keep_overlay=self.keep_overlay,
+                keep_overlay=keep,
             )  # fmt: skip
+
+    def save_changes(self) -> bool:
+        """Copy the staged change set to the host store before the VM goes. False (and the
+        session disk is kept) if it could not be read."""
+        from cowork.host import changes as changes_mod
+
+        try:
+            changes_mod.store.collect(
+                self.paths, self.name, self.channel,
+                changes_mod.store.quota_bytes(self.state.undo_quota_mib),
+            )  # fmt: skip
+            return True
+        except CoworkError as exc:
+            log.warning("could not save the staged changes of %s: %s", self.name, exc)
+            return False
 
     def _stop_services(self) -> None:
         try:
@@ -510,8 +544,13 @@ def open_session(
     events: EventBus,
     progress: Progress | None = None,
     backend: VMBackend | None = None,
+    changes_default: str = "direct",
 ) -> Session:
     """A session configured by the effective policy, kept current while it runs.
+
+    ``changes_default`` is the calling command's default for ``workspace.changes``
+    (``staged`` for ``cowork run`` and the app, ``direct`` for ``exec``/``shell``); policy
+    that sets the key overrides it.
 
     The workspace is checked first; its own config is read only if the user trusts it.
     The VM's settings come from the policy at start; egress grants are read from the
@@ -529,7 +568,7 @@ def open_session(
             resolved,
             paths=paths,
             events=events,
-            settings=VMSettings.from_policy(policy),
+            settings=VMSettings.from_policy(policy, changes_default),
             backend=backend,
             progress=progress,
             egress=EgressSettings.from_policy(lambda: watcher.current),
