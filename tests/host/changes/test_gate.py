@@ -222,7 +222,7 @@ changes.apply(paths, "s1", hook=hook)
 """
 
 
-@pytest.mark.parametrize("point", ["planned", "saved", "op:0", "op:2", "committed"])
+@pytest.mark.parametrize("point", ["planned", "saved", "prepared", "op:0", "op:2", "committed"])
 def test_sigkill_part_way_leaves_old_or_new_and_recovery_rolls_back(env, tmp_path, point):
     paths, ws, _ = env
     load(paths, stream(
