@@ -9,6 +9,7 @@ to JSON with ``to_json()``.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 from typing import TextIO
@@ -98,7 +99,12 @@ def undo(paths: Paths, record: str | None = None) -> UndoResult:
         if not records:
             raise ApplyError("there is nothing to undo")
         record = records[-1]
-    return gate.undo(paths, record)
+    result = gate.undo(paths, record)
+    # What was put back is pending again in its change set (if that set is still kept).
+    session = store.read_json(store.records_dir(paths) / record / "plan.json")["session"]
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        store.unapply(paths, session, list(result.restored))
+    return result
 
 
 def undo_records(paths: Paths) -> list[str]:

@@ -390,6 +390,16 @@ def set_state(
     write_json(sdir / "meta.json", meta)
 
 
+def unapply(paths: Paths, session: str, restored: list[str]) -> None:
+    """Mark ``restored`` as pending again after an undo (a discarded set stays discarded)."""
+    sdir = set_dir(paths, session)
+    meta = read_json(sdir / "meta.json")
+    meta["applied"] = sorted(set(meta.get("applied", [])) - set(restored))
+    if meta["state"] == "applied":
+        meta["state"] = "pending"
+    write_json(sdir / "meta.json", meta)
+
+
 def list_sessions(paths: Paths) -> list[str]:
     root = changes_root(paths) / "sets"
     if not root.is_dir():
