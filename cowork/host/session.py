@@ -323,6 +323,7 @@ class Session:
                 from cowork.host import changes as changes_mod
 
                 changes_mod.store.begin(paths, name, resolved)
+                created.append(changes_mod.store.set_dir(paths, name))
             shares = ws_mod.shares_for(
                 resolved,
                 claude,
