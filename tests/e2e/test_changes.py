@@ -124,3 +124,25 @@ def test_apply_selection_then_undo_restores_originals(staged, tmp_path):
     changes.discard(paths, sess.name)
     assert tree(ws) == original
     assert changes.show(paths, sess.name).state == "discarded"
+
+
+def test_the_agent_cannot_reach_the_layers_or_write_the_share(staged):
+    sess, _ws, _paths = staged
+    r = sess.channel.run(
+        "ls /var/lib/cowork-staged/upper 2>&1; echo x > /var/lib/cowork-staged/lower/x 2>&1;"
+        " stat -c %U:%a /var/lib/cowork-staged"
+    )
+    assert "Permission denied" in r.stdout
+    assert r.stdout.strip().endswith("root:700")
+    assert "cw-ws /var/lib/cowork-staged/lower 9p ro" in sess.channel.run("cat /proc/mounts").stdout
+
+
+def test_staged_changes_survive_the_end_of_the_session(staged):
+    sess, ws, paths = staged
+    assert sess.channel.run("echo last > last.txt").ok
+    sess.close()  # the fixture's close later is a no-op
+    assert not (ws / "last.txt").exists()
+    # Copied to the host before the VM went (this set was discarded above, so read the store).
+    entries = store.read_json(store.set_dir(paths, sess.name) / "entries.json")
+    assert any(e["path"] == "last.txt" and e["kind"] == "file" for e in entries)
+    assert sess.name not in [s.name for s in sess.backend.list()]

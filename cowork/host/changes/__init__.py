@@ -135,6 +135,7 @@ def end_of_run(
     out = out or sys.stdout
     if not (store.set_dir(paths, session) / "meta.json").exists():
         return None  # the session wrote straight into the folder (direct mode)
+    recover(paths)
     try:
         cs = store.load(paths, session)
     except Exception as exc:

@@ -311,7 +311,9 @@ def _find_renames(workspace: Path, changes: list[FileChange], blobs: Path) -> li
                     continue
                 if host_sha(workspace, cand) == _sha(blobs / str(c.blob)):
                     folded.add(cand)
-                    c = FileChange(**{**asdict(c), "kind": "renamed", "renamed_from": cand})
+                    why = c.conflict or deleted[cand].conflict
+                    c = FileChange(**{**asdict(c), "kind": "renamed", "renamed_from": cand,
+                                      "conflict": why})  # fmt: skip
                     break
         out.append(c)
     return [c for c in out if not (c.kind == "deleted" and c.path in folded)]

@@ -13,6 +13,7 @@ import base64
 import binascii
 import json
 import os
+import posixpath
 import unicodedata
 from pathlib import Path
 from typing import IO, Any
@@ -137,6 +138,9 @@ def parse_header(obj: Any, max_bytes: int) -> tuple[list[tuple[Entry, bytes]], l
                 if not traw or b"\0" in traw or len(traw) > MAX_PATH_BYTES:
                     raise ValueError("bad symbolic link target")
                 target = traw.decode("utf-8")
+                where = posixpath.normpath(posixpath.join(parent, target))
+                if target.startswith("/") or where == ".." or where.startswith("../"):
+                    raise ValueError("symbolic link points outside the folder")
                 blocked[path] = "goes through a symbolic link made in the VM"
             if kind == "whiteout":
                 blocked[path] = "is inside a folder the VM deleted"
