@@ -35,6 +35,7 @@ CONSOLE_LOG_FILE = "console.log"
 CHANNEL_SOCKET_FILE = "channel.sock"
 CLIENT_KEY_FILE = "client_key"
 WORKSPACE_CLAUDE_DIR = ".claude"
+CHANGES_DIR = "changes"
 WORKSPACE_CONFIG_FILES = (
     ".claude/settings.json",
     ".claude/settings.local.json",
@@ -130,6 +131,12 @@ class Paths:
     def session_runtime(self, name: str) -> Path:
         """Short directory for the session's unix sockets."""
         return self.runtime / name
+
+    # --- staged changes -------------------------------------------------------------
+    @property
+    def changes(self) -> Path:
+        """Staged change sets kept after their session, undo records and the trash."""
+        return self.data / CHANGES_DIR
 
 
 def default_paths() -> Paths:

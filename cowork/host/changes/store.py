@@ -1,4 +1,4 @@
-"""Where change sets, undo records and the trash live (under ``Paths.changes``), the
+"""Where change sets, undo records and the trash live (under :attr:`Paths.changes`), the
 host's baseline of the workspace at session start, and turning a stored set into changes.
 
 Layout::
@@ -40,7 +40,7 @@ EXPORT_TIMEOUT_S = 3600.0
 
 
 def changes_root(paths: Paths) -> Path:
-    return paths.data / "changes"
+    return paths.changes
 
 
 def set_dir(paths: Paths, session: str) -> Path:
