@@ -567,6 +567,22 @@ def mount_staged_workspace(seed: Seed, log: Log) -> None:
         raise InitError("the staged workspace overlay is not mounted on /workspace")
 
 
+def start_changes_server(seed: Seed, log: Log) -> None:
+    """Serve the change set (root reads the upper layer; only the agent's uid may ask).
+
+    Its threads start with PID 1's signals blocked, so SIGTERM, SIGINT and SIGCHLD stay
+    pending for the supervisor's ``sigtimedwait`` instead of landing in a server thread."""
+    from cowork.guest import changes
+
+    watched = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    try:
+        changes.serve(changes.SOCKET_PATH, seed.agent_uid)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    log(f"change set served on {changes.SOCKET_PATH}")
+
+
 def write_ssh_files(seed: Seed) -> None:
     os.makedirs(SSH_DIR, mode=0o711, exist_ok=True)
     os.chown(SSH_DIR, 0, 0)
@@ -675,10 +691,7 @@ def setup(log: Log) -> tuple[Seed, str]:
         raise InitError(f"no virtio-serial port named {seed.channel_port}")
     lock_down(device)
     if seed.staged:
-        from cowork.guest import changes
-
-        changes.serve(changes.SOCKET_PATH, seed.agent_uid)
-        log(f"change set served on {changes.SOCKET_PATH}")
+        start_changes_server(seed, log)
     return seed, f"{VIRTIO_PORTS_DIR}/{seed.channel_port}"
 
 

@@ -78,3 +78,28 @@ def test_client_usage(capsys):
     assert changes.main([]) == 2
     assert changes.main(["export", "x"]) == 1
     assert "usage" in capsys.readouterr().err
+
+
+def test_init_starts_the_server_with_pid1_signals_blocked_in_its_threads(monkeypatch):
+    import signal
+
+    from cowork.guest import contract, init
+
+    seen = {}
+
+    def fake_serve(path, uid):
+        def record():
+            seen["mask"] = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+
+        t = threading.Thread(target=record)
+        t.start()
+        t.join()
+        seen["uid"] = uid
+
+    monkeypatch.setattr(changes, "serve", fake_serve)
+    seed = contract.Seed("s", "k", "ssh-ed25519 AAAA", 4321, 4321, ())
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    init.start_changes_server(seed, lambda _msg: None)
+    assert {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD} <= seen["mask"]
+    assert seen["uid"] == 4321
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == before  # restored here
