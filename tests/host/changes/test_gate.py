@@ -314,3 +314,18 @@ def test_change_set_serialises_to_json(env):
     cs = load(paths, stream([entry(b"a.txt", size=3)], [b"new"]))
     again = json.loads(json.dumps(cs.to_json()))
     assert again["changes"][0]["path"] == "a.txt" and again["changes"][0]["kind"] == "modified"
+
+
+def test_a_real_10_gb_sparse_file_in_the_upper_layer_is_refused_unread(env, tmp_path):
+    paths, ws, _ = env
+    upper = tmp_path / "upper-sparse"
+    upper.mkdir()
+    with open(upper / "huge.img", "wb") as f:
+        f.truncate(10 * 2**30)
+    buf = io.BytesIO()
+    export(str(upper), 2**30, buf.write)
+    assert len(buf.getvalue()) < 4096  # the guest did not send the bytes either
+    buf.seek(0)
+    with pytest.raises(ChangeSetError, match="more than"):
+        load(paths, buf, max_bytes=2**30)
+    assert not (ws / "huge.img").exists()
