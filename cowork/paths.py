@@ -39,6 +39,7 @@ WORKSPACE_CLAUDE_DIR = ".claude"
 AUDIT_ANCHORS_FILE = "audit-anchors.jsonl"
 EXPORT_QUEUE_DIR = "export-queue"
 TEMPLATES_DIR = "templates"
+CHANGES_DIR = "changes"
 WORKSPACE_CONFIG_FILES = (
     ".claude/settings.json",
     ".claude/settings.local.json",
@@ -149,6 +150,12 @@ class Paths:
     def session_runtime(self, name: str) -> Path:
         """Short directory for the session's unix sockets."""
         return self.runtime / name
+
+    # --- staged changes -------------------------------------------------------------
+    @property
+    def changes(self) -> Path:
+        """Staged change sets kept after their session, undo records and the trash."""
+        return self.data / CHANGES_DIR
 
 
 def default_paths() -> Paths:

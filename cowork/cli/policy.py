@@ -45,6 +45,8 @@ def _show(args: argparse.Namespace) -> int:
     for r in rows:
         lock = "  [locked]" if r["locked"] else ""
         value = json.dumps(r["value"])
+        if r["key"] == "workspace.changes" and r["value"] is None:
+            value = "unset: staged for `cowork run`, direct for `cowork exec`/`shell`"
         print(f"{r['key']:<{width}}  {value}  ({r['layer']}){lock}")
     if policy.sources:
         print("\nread from:")

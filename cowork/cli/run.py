@@ -140,7 +140,9 @@ def _run(args: argparse.Namespace) -> int:
     out = sys.stdout
     with (
         model_for(settings, demo=args.demo, out=out) as (model, used),
-        open_session(workspace, paths=paths, events=events, progress=progress) as session,
+        open_session(
+            workspace, paths=paths, events=events, progress=progress, changes_default="staged"
+        ) as session,
     ):
 
         def egress_check(method: str, url: str) -> tuple[bool, str]:
@@ -164,6 +166,9 @@ def _run(args: argparse.Namespace) -> int:
             on_action=lambda k, c, d: print_action(k, c, d, out),
         )
     print(f"\n\n{summary_line(summary)}", file=out)
+    from cowork.host.changes import end_of_run
+
+    end_of_run(paths, session.name, out=out)
     return exit_status(summary)
 
 

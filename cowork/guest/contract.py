@@ -86,6 +86,8 @@ class Seed:
     #: The host's clock (epoch seconds) when it wrote the seed: a restored guest's clock
     #: stands still at the template's save time until it is set from this.
     host_time: float = 0.0
+    #: Staged changes: the workspace share is read-only and /workspace is an overlay on it.
+    staged: bool = False
 
     def to_payload(self) -> dict[str, Any]:
         return asdict(self)

@@ -36,6 +36,7 @@ import os
 import re
 import signal
 import socket
+import stat
 import struct
 import subprocess
 import sys
@@ -61,7 +62,7 @@ LOCAL_CA_DIR = "/usr/local/share/ca-certificates"
 VIRTIO_PORTS_DIR = "/dev/virtio-ports"
 READY_MARKER = "COWORK-READY"
 FAILED_MARKER = "COWORK-FAILED"
-MODULES = ("9p", "9pnet_virtio", "virtio_console", "virtio_rng", "button", "evdev")
+MODULES = ("9p", "9pnet_virtio", "virtio_console", "virtio_rng", "button", "evdev", "overlay")
 NINEP_MSIZE = 512000
 AGENT_SHELL = "/bin/bash"
 AGENT_GECOS = "cowork agent"
@@ -511,6 +512,77 @@ def mount_shares(mounts: Sequence[Mount], log: Log) -> None:
     check_mounts(mounts, Path("/proc/mounts").read_text(encoding="utf-8"))
 
 
+# --- staged workspace (overlay over the read-only share) ----------------------------------
+def staged_mount_plan(seed: Seed) -> tuple[Mount, list[Mount]]:
+    """The workspace share moved to the overlay's lower directory, and the other shares.
+
+    Raises InitError unless the workspace share is read-only: staged mode relies on the
+    host refusing writes, the overlay only gives the agent somewhere else to write."""
+    from cowork.guest import changes
+
+    found = [m for m in seed.mounts if m.tag == contract.TAG_WORKSPACE]
+    if len(found) != 1 or found[0].target != contract.WORKSPACE_MOUNT:
+        raise InitError("staged mode needs exactly one workspace share at /workspace")
+    if not found[0].readonly:
+        raise InitError("staged mode needs the workspace share read-only; refusing to start")
+    lower = Mount(found[0].tag, changes.LOWER_DIR, True)
+    return lower, [m for m in seed.mounts if m is not found[0]]
+
+
+def overlay_options(lower: str, upper: str, work: str) -> str:
+    # redirect_dir/metacopy/index off: a renamed folder is copied up whole, so the upper
+    # layer alone describes every change (no redirects to follow into the lower layer).
+    return (
+        f"lowerdir={lower},upperdir={upper},workdir={work},"
+        "redirect_dir=off,metacopy=off,index=off,xino=off"
+    )
+
+
+def mount_staged_workspace(seed: Seed, log: Log) -> None:
+    """Mount the read-only share under the root-only staging folder, the overlay on
+    ``/workspace`` (upper and work dirs on the session disk), then the other shares."""
+    from cowork.guest import changes
+
+    lower, others = staged_mount_plan(seed)
+    os.makedirs(changes.STAGED_ROOT, mode=0o700, exist_ok=True)
+    os.chown(changes.STAGED_ROOT, 0, 0)
+    os.chmod(changes.STAGED_ROOT, 0o700)
+    for path in (changes.LOWER_DIR, changes.UPPER_DIR, changes.WORK_DIR):
+        os.makedirs(path, mode=0o755, exist_ok=True)
+    mount_shares([lower], log)
+    # The merged root takes the upper root's owner and mode: make them the lower root's, so
+    # the agent owns its workspace as it does on the host.
+    st = os.stat(changes.LOWER_DIR)
+    os.chown(changes.UPPER_DIR, st.st_uid, st.st_gid)
+    os.chmod(changes.UPPER_DIR, stat.S_IMODE(st.st_mode))
+    os.makedirs(contract.WORKSPACE_MOUNT, mode=0o755, exist_ok=True)
+    check_plain_path(contract.WORKSPACE_MOUNT)
+    opts = overlay_options(changes.LOWER_DIR, changes.UPPER_DIR, changes.WORK_DIR)
+    _run(["/bin/mount", "-t", "overlay", "-o", opts, "cowork-staged", contract.WORKSPACE_MOUNT])
+    log(f"staged workspace: overlay on {contract.WORKSPACE_MOUNT} over {changes.LOWER_DIR}")
+    mount_shares(others, log)
+    entries = parse_proc_mounts(Path("/proc/mounts").read_text(encoding="utf-8"))
+    top = [e for e in entries if e.target == contract.WORKSPACE_MOUNT]
+    if not top or top[-1].fstype != "overlay":
+        raise InitError("the staged workspace overlay is not mounted on /workspace")
+
+
+def start_changes_server(seed: Seed, log: Log) -> None:
+    """Serve the change set (root reads the upper layer; only the agent's uid may ask).
+
+    Its threads start with PID 1's signals blocked, so SIGTERM, SIGINT and SIGCHLD stay
+    pending for the supervisor's ``sigtimedwait`` instead of landing in a server thread."""
+    from cowork.guest import changes
+
+    watched = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    try:
+        changes.serve(changes.SOCKET_PATH, seed.agent_uid)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    log(f"change set served on {changes.SOCKET_PATH}")
+
+
 def write_ssh_files(seed: Seed) -> None:
     os.makedirs(SSH_DIR, mode=0o711, exist_ok=True)
     os.chown(SSH_DIR, 0, 0)
@@ -711,7 +783,10 @@ def setup(log: Log) -> tuple[Seed, str]:
     set_hostname(seed.hostname)
     create_agent(seed)
     log(f"user {contract.AGENT_USER} uid {seed.agent_uid} gid {seed.agent_gid}")
-    mount_shares(seed.mounts, log)
+    if seed.staged:
+        mount_staged_workspace(seed, log)
+    else:
+        mount_shares(seed.mounts, log)
     write_ssh_files(seed)
     install_ca_certs(seed.ca_certs)
     _write("/etc/environment", environment_file(dict(seed.env)), 0o644)
@@ -719,6 +794,8 @@ def setup(log: Log) -> tuple[Seed, str]:
     if seed.channel_port not in links:
         raise InitError(f"no virtio-serial port named {seed.channel_port}")
     lock_down(device)
+    if seed.staged:
+        start_changes_server(seed, log)
     return seed, f"{VIRTIO_PORTS_DIR}/{seed.channel_port}"
 
 

@@ -80,9 +80,13 @@ class VMSettings:
     workspace_writable: bool = True
     start_mode: str = "cold"  # "cold" | "restore" (cowork.host.warm)
     secret_files: str = "warn"  # noqa: S105 ("warn" | "refuse": credential-looking files)
+    #: "staged": read-only share + overlay in the guest (cowork.host.changes); "direct".
+    workspace_changes: str = "direct"
+    undo_quota_mib: int = 2048
 
     @classmethod
-    def from_policy(cls, policy: Policy) -> VMSettings:
+    def from_policy(cls, policy: Policy, changes_default: str = "direct") -> VMSettings:
+        """``changes_default`` is the command's own default for ``workspace.changes``."""
         vm, mounts = policy.vm, policy.mounts
         return cls(
             cpus=vm.cpus,
@@ -96,6 +100,8 @@ class VMSettings:
             workspace_writable=mounts.workspace_writable,
             start_mode=vm.start_mode,
             secret_files=mounts.secret_files,
+            workspace_changes=policy.changes_mode(changes_default),  # type: ignore[arg-type]
+            undo_quota_mib=policy.doc.workspace.undo_quota_mib,
         )
 
 
@@ -145,6 +151,8 @@ class SessionState:
     agent_gid: int
     image_recipe: str
     start_mode: str = "cold"  # how the VM started: "cold" boot or "restore" of a template
+    changes: str = "direct"
+    undo_quota_mib: int = 2048
 
 
 def _slug(text: str) -> str:
@@ -328,10 +336,16 @@ class Session:
             rdir.mkdir(parents=True, mode=0o700)
             created.append(rdir)
             ws_mod.ensure_workspace_claude(resolved)
+            staged = settings.workspace_changes == "staged"
+            if staged:
+                from cowork.host import changes as changes_mod
+
+                changes_mod.store.begin(paths, name, resolved)
+                created.append(changes_mod.store.set_dir(paths, name))
             shares = ws_mod.shares_for(
                 resolved,
                 claude,
-                workspace_writable=settings.workspace_writable,
+                workspace_writable=settings.workspace_writable and not staged,
                 claude_writable=settings.claude_writable,
             )
             ws_mod.check_shares_enforceable(shares, backend.capabilities)
@@ -370,6 +384,7 @@ class Session:
                 env=seed_env,
                 ca_certs=ca_certs,
                 guest_code=contract.guest_code_files(),
+                staged=staged,
             )
             if template is not None:
                 seed = warm.session_seed(seed)
@@ -459,6 +474,8 @@ class Session:
                 agent_gid=identity.gid,
                 image_recipe=info.recipe_hash,
                 start_mode=start_mode,
+                changes=settings.workspace_changes,
+                undo_quota_mib=settings.undo_quota_mib,
             )  # fmt: skip
             (sdir / SESSION_STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
             events.emit(
@@ -548,14 +565,32 @@ class Session:
         if self._closed:
             return
         self._closed = True
+        keep = self.keep_overlay
         try:
+            if self.state.changes == "staged":
+                keep = not self.save_changes() or keep
             self.channel.close()
             self._stop_services()
         finally:
             destroy_session(
                 self.name, paths=self.paths, backend=self.backend, events=self.events,
-                keep_overlay=self.keep_overlay,
+                keep_overlay=keep,
             )  # fmt: skip
+
+    def save_changes(self) -> bool:
+        """Copy the staged change set to the host store before the VM goes. False (and the
+        session disk is kept) if it could not be read."""
+        from cowork.host import changes as changes_mod
+
+        try:
+            changes_mod.store.collect(
+                self.paths, self.name, self.channel,
+                changes_mod.store.quota_bytes(self.state.undo_quota_mib),
+            )  # fmt: skip
+            return True
+        except CoworkError as exc:
+            log.warning("could not save the staged changes of %s: %s", self.name, exc)
+            return False
 
     def _stop_services(self) -> None:
         if self.monitor is not None:
@@ -585,8 +620,13 @@ def open_session(
     events: EventBus,
     progress: Progress | None = None,
     backend: VMBackend | None = None,
+    changes_default: str = "direct",
 ) -> Session:
     """A session configured by the effective policy, kept current while it runs.
+
+    ``changes_default`` is the calling command's default for ``workspace.changes``
+    (``staged`` for ``cowork run`` and the app, ``direct`` for ``exec``/``shell``); policy
+    that sets the key overrides it.
 
     The workspace is checked first; its own config is read only if the user trusts it.
     The VM's settings come from the policy at start; egress grants are read from the
@@ -604,7 +644,7 @@ def open_session(
             resolved,
             paths=paths,
             events=events,
-            settings=VMSettings.from_policy(policy),
+            settings=VMSettings.from_policy(policy, changes_default),
             backend=backend,
             progress=progress,
             egress=EgressSettings.from_policy(lambda: watcher.current),

@@ -236,3 +236,40 @@ def test_a_backend_needing_a_raw_root_disk_is_refused_clearly(paths, fake_image,
         )  # fmt: skip
     assert backend.calls == []
     assert list(paths.sessions.iterdir()) == []
+
+
+def test_staged_mode_shares_the_workspace_read_only_and_tells_the_guest(
+    paths, fake_image, workspace
+):
+    from cowork.guest import contract
+    from cowork.host.changes import store
+
+    backend = LibvirtBackend(uri="test:///default", events=EventBus())
+    seen = {}
+    real_create = backend.create
+
+    def create(spec):
+        seen["shares"] = {s.tag: s.readonly for s in spec.shares}
+        seen["seed"] = contract.decode_seed(spec.seed.read_bytes())
+        seen["baseline"] = (store.set_dir(paths, spec.name) / "baseline.json").exists()
+        return real_create(spec)
+
+    backend.create = create  # type: ignore[method-assign]
+    settings = VMSettings(
+        boot_timeout_s=2, claude_dir=workspace / "none", accel="tcg", workspace_changes="staged"
+    )
+    with pytest.raises(BootTimeout):
+        Session.open(workspace, paths=paths, backend=backend, settings=settings)
+    assert seen["shares"][contract.TAG_WORKSPACE] is True  # read-only, enforced by the host
+    assert seen["seed"].staged is True
+    assert seen["baseline"] is True
+    assert store.list_sessions(paths) == []  # a failed start leaves no change set behind
+
+
+def test_changes_mode_comes_from_the_command_unless_policy_sets_it(tmp_path):
+    paths = Paths.under(tmp_path)
+    assert VMSettings.from_policy(load_policy(paths), "staged").workspace_changes == "staged"
+    assert VMSettings.from_policy(load_policy(paths)).workspace_changes == "direct"
+    paths.config.mkdir(parents=True)
+    paths.user_settings_file.write_text('version = 1\n[workspace]\nchanges = "staged"\n')
+    assert VMSettings.from_policy(load_policy(paths), "direct").workspace_changes == "staged"

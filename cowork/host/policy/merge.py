@@ -13,9 +13,10 @@ nobody sets keep the built-in **default**.
    with EVERY key locked ("lockdown") and reports why.
 2. Plain scalars (``vm.accel``, ``vm.libvirt_uri``, ``vm.keep_overlay``,
    ``vm.boot_timeout_s``, ``mounts.claude_dir``, ``agent.model``, ``agent.base_url``,
-   ``audit.*``): the strongest layer that sets the key wins. The workspace layer can never
-   set them (ignored with a note): a workspace cannot move the model API, the audit log or
-   the shared ``.claude`` folder.
+   ``audit.*``, ``workspace.undo_quota_mib``, ``workspace.undo_max_age_days``): the
+   strongest layer that sets the key wins. The workspace layer can never set them (ignored
+   with a note): a workspace cannot move the model API, the audit log or the shared
+   ``.claude`` folder.
 3. Narrowable scalars: limits where lower is narrower (``vm.cpus``, ``vm.memory_mib``,
    ``egress.max_body_mib``, ``agent.max_turns``, ``agent.max_tokens``), permissions where
    false is narrower (``mounts.workspace_writable``, ``mounts.claude_writable``,
@@ -71,6 +72,7 @@ from cowork.host.policy.schema import (
     MountsSection,
     PolicyDocument,
     VMSection,
+    WorkspaceSection,
     expand_locks,
     get_value,
 )
@@ -83,7 +85,9 @@ LOWER_IS_NARROWER = frozenset(
 FALSE_IS_NARROWER = frozenset(
     {"mounts.workspace_writable", "mounts.claude_writable", "egress.allow_websockets"}
 )
-NARROWABLE = LOWER_IS_NARROWER | FALSE_IS_NARROWER | {"agent.approval_mode"}
+#: ``workspace.changes``: unset (None) means "the command's default", between the two.
+CHANGES_RANK: dict[str | None, int] = {"direct": 0, None: 1, "staged": 2}
+NARROWABLE = LOWER_IS_NARROWER | FALSE_IS_NARROWER | {"agent.approval_mode", "workspace.changes"}
 LISTS = frozenset({"egress.grants", "egress.deny_hosts", "agent.allowed_approval_modes"})
 PLAIN = frozenset(ALL_KEYS) - NARROWABLE - LISTS
 
@@ -127,6 +131,20 @@ class Policy:
         return self.doc.audit
 
     @property
+    def workspace_settings(self) -> WorkspaceSection:
+        return self.doc.workspace
+
+    def changes_mode(self, command_default: Literal["staged", "direct"]) -> str:
+        """``staged`` or ``direct`` for a command whose own default is ``command_default``.
+
+        Each command states its default when it asks (``cowork run`` and the app say
+        ``staged``; ``cowork exec`` and ``cowork shell`` say ``direct``); a value set in
+        policy (``workspace.changes``) overrides every command's default.
+        """
+        value = self.doc.workspace.changes
+        return value if value is not None else command_default
+
+    @property
     def locked_down(self) -> bool:
         return bool(self.problems)
 
@@ -158,6 +176,8 @@ def _narrower_or_equal(key: str, new: Any, current: Any) -> bool:
         return (not new) or bool(current)
     if key == "agent.approval_mode":
         return APPROVAL_RANK[new] >= APPROVAL_RANK[current]
+    if key == "workspace.changes":
+        return CHANGES_RANK[new] >= CHANGES_RANK[current]
     return bool(new == current)
 
 
@@ -363,6 +383,7 @@ def merge(
         egress=EgressSection(**sections["egress"]),
         agent=AgentSection(**sections["agent"]),
         audit=AuditSection(**sections["audit"]),
+        workspace=WorkspaceSection(**sections["workspace"]),
     )
     return Policy(
         doc=doc,

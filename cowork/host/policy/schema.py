@@ -16,6 +16,7 @@ Shape (TOML)::
     [agent]     model, base_url, approval_mode, allowed_approval_modes, max_turns, max_tokens
     [audit]     log_path, otel_endpoint, exception_inbox, otel_protocol, export_queue_mib,
                 monitor_lost
+    [workspace] changes, undo_quota_mib, undo_max_age_days
 """
 
 from __future__ import annotations
@@ -183,12 +184,34 @@ class AuditSection(_Section):
         return _check_url(v, "otel_endpoint")
 
 
+ChangesMode = Literal["staged", "direct"]
+
+
+class WorkspaceSection(_Section):
+    changes: ChangesMode | None = Field(
+        default=None,
+        description="'staged': the agent's changes are kept apart until the user keeps them; "
+        "'direct': the agent writes into the folder. Unset: each command's own default "
+        "(staged for 'cowork run' and the app, direct for 'cowork exec' and 'cowork shell').",
+    )
+    undo_quota_mib: int = Field(
+        default=2048,
+        ge=0,
+        le=1_048_576,
+        description="Disk space for undo records and kept change sets; oldest undo goes first.",
+    )
+    undo_max_age_days: int = Field(
+        default=30, ge=0, le=3650, description="Undo records older than this are removed."
+    )
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "vm": VMSection,
     "mounts": MountsSection,
     "egress": EgressSection,
     "agent": AgentSection,
     "audit": AuditSection,
+    "workspace": WorkspaceSection,
 }
 
 
@@ -207,6 +230,7 @@ class PolicyDocument(BaseModel):
     egress: EgressSection = EgressSection()
     agent: AgentSection = AgentSection()
     audit: AuditSection = AuditSection()
+    workspace: WorkspaceSection = WorkspaceSection()
 
     @field_validator("locks")
     @classmethod

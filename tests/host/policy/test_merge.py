@@ -391,3 +391,53 @@ def test_workspace_cannot_widen_the_new_grant_fields():
     narrower = 'credential = "c"\nforward_headers = []\nbody_policy = "anthropic-messages"\n'
     p = merge(admin, layer("user", ""), layer("workspace", grant() + narrower))
     assert [g.id for g in p.egress.grants] == ["api"]
+
+
+# --- workspace.changes (staged or direct) --------------------------------------------------
+
+
+def test_changes_unset_gives_each_command_its_own_default():
+    p = merge(ADMIN_NONE, layer("user", ""))
+    assert p.doc.workspace.changes is None
+    assert p.changes_mode("staged") == "staged"
+    assert p.changes_mode("direct") == "direct"
+
+
+def test_changes_set_overrides_every_command_default():
+    p = merge(ADMIN_NONE, layer("user", "[workspace]\nchanges = 'staged'\n"))
+    assert p.changes_mode("direct") == "staged"
+    p = merge(ADMIN_NONE, layer("user", "[workspace]\nchanges = 'direct'\n"))
+    assert p.changes_mode("staged") == "direct"
+
+
+def test_admin_lock_on_staged_wins_over_user_and_workspace():
+    admin = layer("admin", "locks = ['workspace.changes']\n[workspace]\nchanges = 'staged'\n")
+    p = merge(
+        admin,
+        layer("user", "[workspace]\nchanges = 'direct'\n"),
+        layer("workspace", "[workspace]\nchanges = 'direct'\n"),
+    )
+    assert p.changes_mode("direct") == "staged"
+    assert p.origin("workspace.changes") == ("admin", True)
+    assert any("workspace.changes is locked" in n for n in p.notes)
+
+
+def test_workspace_may_ask_for_staged_but_not_direct():
+    p = merge(
+        ADMIN_NONE, layer("user", ""), layer("workspace", "[workspace]\nchanges = 'staged'\n")
+    )
+    assert p.changes_mode("direct") == "staged"
+    p = merge(
+        ADMIN_NONE, layer("user", ""), layer("workspace", "[workspace]\nchanges = 'direct'\n")
+    )
+    assert p.changes_mode("staged") == "staged"
+    assert any("would widen" in n for n in p.notes)
+
+
+def test_undo_limits_are_not_for_a_workspace():
+    p = merge(
+        ADMIN_NONE, layer("user", ""), layer("workspace", "[workspace]\nundo_quota_mib = 1\n")
+    )
+    assert p.doc.workspace.undo_quota_mib == 2048
+    p = merge(ADMIN_NONE, layer("user", "[workspace]\nundo_max_age_days = 3\n"))
+    assert p.doc.workspace.undo_max_age_days == 3
