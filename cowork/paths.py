@@ -35,6 +35,9 @@ CONSOLE_LOG_FILE = "console.log"
 CHANNEL_SOCKET_FILE = "channel.sock"
 CLIENT_KEY_FILE = "client_key"
 WORKSPACE_CLAUDE_DIR = ".claude"
+KEPT_OVERLAYS_DIR = "kept"
+STAGING_DIR = "staged"
+TRASH_DIR = "trash"
 WORKSPACE_CONFIG_FILES = (
     ".claude/settings.json",
     ".claude/settings.local.json",
@@ -130,6 +133,22 @@ class Paths:
     def session_runtime(self, name: str) -> Path:
         """Short directory for the session's unix sockets."""
         return self.runtime / name
+
+    # --- disk lifecycle (cowork doctor / reset) ------------------------------------
+    @property
+    def kept_overlays(self) -> Path:
+        """Overlays of ended sessions kept on request (``vm.keep_overlay``), one per name."""
+        return self.state / KEPT_OVERLAYS_DIR
+
+    @property
+    def staging(self) -> Path:
+        """Changes staged for the user to review before they reach a workspace."""
+        return self.state / STAGING_DIR
+
+    @property
+    def trash(self) -> Path:
+        """What cowork moved out of a workspace, kept so the user can restore it."""
+        return self.data / TRASH_DIR
 
 
 def default_paths() -> Paths:
