@@ -5,6 +5,8 @@ COWORK_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${COWORK_VENV:-$COWORK_ROOT/.venv}"
 # Every Python package with its exact version and hashes; refreshed by scripts/lock.
 LOCK_FILE="$COWORK_ROOT/requirements/lock.txt"
+# The same pins without the development tools: what the Debian package installs.
+APP_LOCK_FILE="$COWORK_ROOT/requirements/lock-app.txt"
 
 # System packages: the hypervisor, image build tools, the keyring, and Qt's offscreen needs.
 APT_PACKAGES=(

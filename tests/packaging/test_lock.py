@@ -1,6 +1,8 @@
-"""requirements/lock.txt and pyproject.toml agree: every declared dependency (runtime, app and
-dev extras) is pinned in the lock to a version its range allows, and every pin carries hashes
-(so ``pip install --require-hashes`` accepts the file). Refresh with ``scripts/lock``."""
+"""The locks and pyproject.toml agree: every declared dependency (runtime, app and dev extras
+in requirements/lock.txt; runtime and app in requirements/lock-app.txt, which the Debian
+package installs) is pinned to a version its range allows, every pin carries hashes (so
+``pip install --require-hashes`` accepts the file), and both locks pin the same versions.
+Refresh with ``scripts/lock``."""
 
 from __future__ import annotations
 
@@ -17,8 +19,10 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCK = ROOT / "requirements" / "lock.txt"
+APP_LOCK = ROOT / "requirements" / "lock-app.txt"
 PYPROJECT = ROOT / "pyproject.toml"
 EXTRAS = ("app", "dev")
+LOCKS = {LOCK: EXTRAS, APP_LOCK: ("app",)}
 #: The platforms the lock must cover: Debian 12 (3.11) and Ubuntu 24.04 (3.12) on x86-64.
 ENVIRONMENTS = [
     {"sys_platform": "linux", "python_version": v, "python_full_version": f"{v}.0"}
@@ -66,10 +70,10 @@ def parse_lock(text: str) -> list[Pin]:
     return pins
 
 
-def declared() -> list[Requirement]:
+def declared(extras: tuple[str, ...] = EXTRAS) -> list[Requirement]:
     project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
     reqs = [Requirement(r) for r in project["dependencies"]]
-    for extra in EXTRAS:
+    for extra in extras:
         reqs += [Requirement(r) for r in project["optional-dependencies"][extra]]
     return reqs
 
@@ -97,11 +101,12 @@ def test_parse_lock_reads_markers_and_hashes() -> None:
         parse_lock("foo>=1\n")
 
 
-def test_every_pin_has_hashes_and_one_version_per_platform() -> None:
-    pins = parse_lock(LOCK.read_text(encoding="utf-8"))
-    assert pins, f"{LOCK} pins nothing; run scripts/lock"
+@pytest.mark.parametrize("lock", LOCKS, ids=lambda p: p.name)
+def test_every_pin_has_hashes_and_one_version_per_platform(lock: Path) -> None:
+    pins = parse_lock(lock.read_text(encoding="utf-8"))
+    assert pins, f"{lock} pins nothing; run scripts/lock"
     unhashed = [p.name for p in pins if not p.hashes]
-    assert not unhashed, f"{LOCK} pins without hashes: {unhashed}; run scripts/lock"
+    assert not unhashed, f"{lock} pins without hashes: {unhashed}; run scripts/lock"
     for env in ENVIRONMENTS:
         seen: dict[str, Version] = {}
         for pin in pins:
@@ -110,18 +115,21 @@ def test_every_pin_has_hashes_and_one_version_per_platform() -> None:
                 seen[pin.name] = pin.version
 
 
+@pytest.mark.parametrize("lock", LOCKS, ids=lambda p: p.name)
 @pytest.mark.parametrize("env", ENVIRONMENTS, ids=lambda e: e["python_version"])
-def test_every_declared_dependency_is_pinned_within_its_range(env: dict[str, str]) -> None:
+def test_every_declared_dependency_is_pinned_within_its_range(
+    lock: Path, env: dict[str, str]
+) -> None:
     pins = {
-        p.name: p for p in parse_lock(LOCK.read_text(encoding="utf-8")) if applies(p.marker, env)
+        p.name: p for p in parse_lock(lock.read_text(encoding="utf-8")) if applies(p.marker, env)
     }
     problems = []
-    for req in declared():
+    for req in declared(LOCKS[lock]):
         if req.marker is not None and not req.marker.evaluate(env):
             continue
         pin = pins.get(canonicalize_name(req.name))
         if pin is None:
-            problems.append(f"{req.name} is declared in pyproject.toml but not in the lock")
+            problems.append(f"{req.name} is declared in pyproject.toml but not in {lock.name}")
         elif not req.specifier.contains(pin.version, prereleases=True):
             problems.append(f"{req.name}=={pin.version} does not satisfy {req}")
     assert not problems, "; ".join(problems) + " — run scripts/lock and commit the lock"
@@ -132,3 +140,11 @@ def test_anthropic_stays_below_the_line_that_conflicts_with_mitmproxy() -> None:
     (anthropic,) = [r for r in declared() if r.name == "anthropic"]
     assert not anthropic.specifier.contains("1.0.0")
     assert "httpx2" not in {p.name for p in parse_lock(LOCK.read_text(encoding="utf-8"))}
+
+
+def test_the_app_lock_pins_the_same_versions_as_the_full_lock() -> None:
+    full = {(p.name, p.marker and str(p.marker)): p for p in parse_lock(LOCK.read_text())}
+    for pin in parse_lock(APP_LOCK.read_text()):
+        other = full.get((pin.name, pin.marker and str(pin.marker)))
+        assert other is not None, f"{pin.name} is in {APP_LOCK.name} but not {LOCK.name}"
+        assert (other.version, set(other.hashes)) == (pin.version, set(pin.hashes)), pin.name
