@@ -11,6 +11,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def _user() -> pwd.struct_passwd:
         return pwd.getpwnam(USER)
 
 
-def test_install_run_as_a_user_and_purge(deb: Path, tmp_path: Path) -> None:
+def test_install_run_as_a_user_and_purge(deb: Path) -> None:
     user = _user()
     home = Path(user.pw_dir)
     # What the user owns, which nothing here may remove.
@@ -116,6 +117,9 @@ def test_install_run_as_a_user_and_purge(deb: Path, tmp_path: Path) -> None:
 
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
            "LANG": "C.UTF-8"}  # fmt: skip
+    # The user's runtime folder: short, outside root's private pytest folders.
+    run = Path(tempfile.mkdtemp(prefix="cwdeb", dir="/tmp"))
+    os.chown(run, user.pw_uid, user.pw_gid)
     with open("/tmp/cowork-deb.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
@@ -125,9 +129,6 @@ def test_install_run_as_a_user_and_purge(deb: Path, tmp_path: Path) -> None:
             # The maintainer scripts are idempotent.
             sh(["/var/lib/dpkg/info/cowork.postinst", "configure", ""], env=env)
 
-            run = tmp_path / "run"
-            run.mkdir(mode=0o700)
-            os.chown(run, user.pw_uid, user.pw_gid)
             script = (
                 "printf cowork-test | gnome-keyring-daemon --unlock --components=secrets "
                 ">/dev/null 2>&1; cd ~ && command -v cowork && "
@@ -145,6 +146,7 @@ def test_install_run_as_a_user_and_purge(deb: Path, tmp_path: Path) -> None:
             assert (ws / "from-vm.txt").read_text() == "made-in-vm\n"
             assert (ws / "from-vm.txt").stat().st_uid == user.pw_uid
         finally:
+            shutil.rmtree(run, ignore_errors=True)
             sh(["apt-get", "purge", "-y", "-q", "cowork"], env=env)
     assert not Path("/usr/bin/cowork").exists()
     assert not PREFIX.exists(), "purge left files under /usr/lib/cowork"
