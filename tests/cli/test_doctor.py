@@ -50,3 +50,24 @@ def test_reset_yes_deletes_images_and_keeps_trust(cli, home: Path) -> None:
     assert [p for p in home.iterdir() if p.is_dir()] == []
     assert (cli.root / "data" / "cowork" / "trust.json").read_text() == "{}"
     assert "freed" in proc.stdout
+
+
+@pytest.mark.parametrize(("answer", "code", "left"), [("n\n", 1, 2), ("y\n", 0, 0)])
+def test_reset_asks_on_a_terminal(cli, home: Path, answer: str, code: int, left: int) -> None:
+    import os
+    import subprocess
+    import sys
+
+    main, sub = os.openpty()
+    try:
+        os.write(main, answer.encode())
+        proc = subprocess.run(
+            [sys.executable, "-m", "cowork", "reset"], stdin=sub, capture_output=True,
+            text=True, env=cli.env, cwd=cli.root, timeout=300, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(main)
+        os.close(sub)
+    assert proc.returncode == code, proc.stderr
+    assert len([p for p in home.iterdir() if p.is_dir()]) == left
+    assert (cli.root / "data" / "cowork" / "trust.json").exists()
