@@ -40,6 +40,9 @@ AUDIT_ANCHORS_FILE = "audit-anchors.jsonl"
 EXPORT_QUEUE_DIR = "export-queue"
 TEMPLATES_DIR = "templates"
 CHANGES_DIR = "changes"
+CHANGE_SETS_DIR = "sets"
+CHANGE_RECORDS_DIR = "records"
+KEPT_OVERLAYS_DIR = "kept"
 WORKSPACE_CONFIG_FILES = (
     ".claude/settings.json",
     ".claude/settings.local.json",
@@ -156,6 +159,22 @@ class Paths:
     def changes(self) -> Path:
         """Staged change sets kept after their session, undo records and the trash."""
         return self.data / CHANGES_DIR
+
+    @property
+    def change_sets(self) -> Path:
+        """Changes staged for the user to review before they reach a workspace."""
+        return self.changes / CHANGE_SETS_DIR
+
+    @property
+    def change_records(self) -> Path:
+        """One folder per apply: what it replaced or removed (undo copies and the trash)."""
+        return self.changes / CHANGE_RECORDS_DIR
+
+    # --- disk lifecycle (cowork doctor / reset) ------------------------------------
+    @property
+    def kept_overlays(self) -> Path:
+        """Overlays of ended sessions kept on request (``vm.keep_overlay``), one per name."""
+        return self.state / KEPT_OVERLAYS_DIR
 
 
 def default_paths() -> Paths:

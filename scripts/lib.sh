@@ -3,6 +3,10 @@
 
 COWORK_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${COWORK_VENV:-$COWORK_ROOT/.venv}"
+# Every Python package with its exact version and hashes; refreshed by scripts/lock.
+LOCK_FILE="$COWORK_ROOT/requirements/lock.txt"
+# The same pins without the development tools: what the Debian package installs.
+APP_LOCK_FILE="$COWORK_ROOT/requirements/lock-app.txt"
 
 # System packages: the hypervisor, image build tools, the keyring, and Qt's offscreen needs.
 APT_PACKAGES=(
@@ -57,17 +61,21 @@ pick_python() {
   die "cowork needs Python 3.11 or newer (python3 --version says $(python3 --version 2>&1))"
 }
 
+# The environment is installed from the lock alone (--require-hashes: every file checked),
+# then cowork itself without resolving anything. This works with the pip that Debian's
+# python3-venv brings (23.0); pip is not upgraded, so nothing unpinned enters.
 ensure_venv() {
   local stamp="$VENV/.cowork-installed" want
-  want="$(sha256sum "$COWORK_ROOT/pyproject.toml" | cut -c1-16)"
+  [ -f "$LOCK_FILE" ] || die "$LOCK_FILE is missing: run scripts/lock"
+  want="$(cat "$COWORK_ROOT/pyproject.toml" "$LOCK_FILE" | sha256sum | cut -c1-16)"
   if [ -x "$VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
     say "Python environment: up to date ($VENV)"
     return
   fi
   say "creating the Python environment in $VENV (about 2 minutes the first time)"
   [ -x "$VENV/bin/python" ] || "$(pick_python)" -m venv "$VENV"
-  "$VENV/bin/pip" install -q --upgrade pip
-  "$VENV/bin/pip" install -q -e "$COWORK_ROOT[app,dev]"
+  "$VENV/bin/pip" install -q --use-pep517 --require-hashes -r "$LOCK_FILE"
+  "$VENV/bin/pip" install -q --no-deps -e "$COWORK_ROOT[app,dev]"
   "$VENV/bin/pip" check >/dev/null || die "the Python environment has conflicting packages: $("$VENV/bin/pip" check)"
   echo "$want" > "$stamp"
 }

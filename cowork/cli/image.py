@@ -31,6 +31,11 @@ def register(sub: Any) -> None:
     p = isub.add_parser("info", help="where the image is, its size, and whether it verifies")
     p.set_defaults(func=cmd_info)
 
+    p = isub.add_parser(
+        "prune", help="delete images of old recipes (not one a VM or kept overlay still uses)"
+    )
+    p.set_defaults(func=cmd_prune)
+
 
 def cmd_build(args: argparse.Namespace) -> int:
     paths = Paths()
@@ -71,4 +76,16 @@ def cmd_info(_args: argparse.Namespace) -> int:
         print(f"verified:     NO - {err}")
         return 1
     print("verified:     ok (sha256 of every file matches the manifest)")
+    return 0
+
+
+def cmd_prune(_args: argparse.Namespace) -> int:
+    from cowork.host import doctor
+
+    result = doctor.prune_images(Paths())
+    for path in result.removed:
+        print(f"deleted {path}")
+    for recipe in result.kept_in_use:
+        print(f"kept {recipe[:16]}… (a VM or a kept overlay still uses it)")
+    print(f"freed {_mib(result.freed)}")
     return 0

@@ -1,11 +1,12 @@
 """Building and verifying the guest image: kernel + initrd + read-only base disk + manifest.
 
 The image is Debian bookworm built from Debian packages with ``mmdebstrap`` (``--mode=root``
-as root, ``--mode=unshare`` as a normal user), following the recipe in ``images/``:
-``packages.txt`` (what is installed), ``prepare.py`` (the hooks that seal the root file
-system) and ``cowork-boot`` (the kernel's ``init=``, which unpacks the guest code from the
-seed disk). The root file system becomes an ext4 disk with ``mkfs.ext4 -d`` (no loop
-mounts, so no root needed for that step) and then a qcow2 base that every session overlays.
+as root, ``--mode=unshare`` as a normal user), following the recipe in ``images/`` beside this
+module (package data, so an installed cowork builds its image too): ``packages.txt`` (what
+is installed), ``prepare.py`` (the hooks that seal the root file system) and ``cowork-boot``
+(the kernel's ``init=``, which unpacks the guest code from the seed disk). The root file
+system becomes an ext4 disk with ``mkfs.ext4 -d`` (no loop mounts, so no root needed for
+that step) and then a qcow2 base that every session overlays.
 
 Why the generic kernel (``linux-image-amd64``) and 9p: the workspace's ``.claude`` folder and
 the user's ``~/.claude`` are shared read-only, and that MUST be enforced by the host, not by
@@ -97,8 +98,9 @@ Progress = Callable[[str], None]
 
 
 def recipe_dir() -> Path:
-    """The ``images/`` folder of the source tree (the recipe)."""
-    return Path(__file__).resolve().parents[2] / "images"
+    """The recipe folder, ``cowork/host/images/``: package data, so an installed cowork (a
+    wheel, the Debian package) builds its image as a checkout does."""
+    return Path(__file__).resolve().parent / "images"
 
 
 @dataclass(frozen=True)
@@ -131,8 +133,8 @@ def recipe_hash(root: Path | None = None) -> str:
     root = root or recipe_dir()
     if not root.is_dir():
         raise ImageError(
-            f"the image recipe folder {root} is missing; build the image from a source "
-            "checkout of cowork"
+            f"the image recipe folder {root} is missing; reinstall cowork (the recipe is "
+            "part of the package)"
         )
     h = hashlib.sha256()
     constants = {

@@ -721,7 +721,7 @@ def destroy_session(
     backend.destroy(name)
     sdir = paths.session_dir(name)
     if keep_overlay and (sdir / OVERLAY_FILE).exists():
-        kept = paths.state / "kept" / name
+        kept = paths.kept_overlays / name
         kept.mkdir(parents=True, exist_ok=True)
         shutil.move(str(sdir / OVERLAY_FILE), kept / OVERLAY_FILE)
     shutil.rmtree(sdir, ignore_errors=True)

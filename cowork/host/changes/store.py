@@ -46,11 +46,11 @@ def changes_root(paths: Paths) -> Path:
 def set_dir(paths: Paths, session: str) -> Path:
     if not session or "/" in session or session.startswith("."):
         raise UsageError(f"{session!r} is not a session name; see `cowork changes list`")
-    return changes_root(paths) / "sets" / session
+    return paths.change_sets / session
 
 
 def records_dir(paths: Paths) -> Path:
-    return changes_root(paths) / "records"
+    return paths.change_records
 
 
 def write_json(path: Path, obj: Any) -> None:
