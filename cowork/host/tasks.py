@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cowork.errors import SecretError, UsageError
+from cowork.guest.contract import WORKSPACE_MOUNT
 from cowork.host.agent.driver import (
     CREDENTIAL_ID,
     AnthropicModel,
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 
 DEMO_LABEL = "demo model (scripted, not a real AI; set a key with `cowork creds set anthropic`)"
 DEMO_MODEL = "cowork-demo-model"
+#: Where the agent keeps its own state in the guest (outside the workspace).
+GUEST_STATE_DIR = "/tmp/cowork-agent"
 
 KeySource = Callable[[], str | None]
 
@@ -202,11 +205,8 @@ def run_session_task(
             transcript=transcript,
             on_text=cb.on_text,
             on_action=cb.on_action,
-            **(
-                {"root": guest_root, "state_dir": f"{guest_root}/.cowork-agent"}
-                if guest_root
-                else {}
-            ),
+            root=guest_root or WORKSPACE_MOUNT,
+            state_dir=f"{guest_root}/.cowork-agent" if guest_root else GUEST_STATE_DIR,
         )
 
 
