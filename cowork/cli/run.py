@@ -4,7 +4,9 @@ Streams the agent's text and each action in plain language, asks approvals on th
 prints how many actions ran / were asked about / were refused, and exits 0 on completion
 (130 after Ctrl-C). Without an API key it uses the built-in demo model, clearly labelled.
 
-This module is a face only: :mod:`cowork.host.tasks` decides how the task runs.
+This module is a face only: :mod:`cowork.host.tasks` decides how the task runs. By default
+the task runs in the user's cowork service (started in the background when none is running);
+``--no-daemon`` runs it in this process with the same library code.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import argparse
 import sys
 from typing import Any, TextIO
 
-from cowork.cli.common import add_workspace_arg, event_bus, progress
+from cowork.cli.common import add_daemon_arg, add_workspace_arg, event_bus, progress
 from cowork.host.agent.loop import Decision, RunSummary, StopReason, ToolCall, Verdict
 from cowork.host.agent.settings import ApprovalMode
 from cowork.host.agent.tools import describe
@@ -105,9 +107,52 @@ def _run_in_process(args: argparse.Namespace, out: TextIO) -> RunSummary:
         )
 
 
+def _run_via_daemon(args: argparse.Namespace, out: TextIO) -> RunSummary:
+    from cowork.cli.daemon import connect_or_start, recover_if_gone
+    from cowork.daemon import protocol as p
+    from cowork.host.workspace import check_workspace
+
+    paths = Paths()
+    workspace = check_workspace(args.workspace, paths=paths)
+    approver = TerminalApprover()
+    with connect_or_start(paths) as client, recover_if_gone(paths):
+        result = client.run_task(
+            p.RunTask(workspace=str(workspace), task=args.task, mode=args.mode, demo=args.demo),
+            on_event=lambda ev: _show_event(ev, out),
+            on_approval=lambda ev: approver.ask(ev.description, ev.reason),
+        )
+    return RunSummary(
+        StopReason(result.reason),
+        turns=result.turns,
+        ran=result.ran,
+        asked=result.asked,
+        refused=result.refused,
+        error=result.error,
+    )
+
+
+def _show_event(event: Any, out: TextIO) -> None:
+    from cowork.daemon import protocol as p
+
+    if isinstance(event, p.TaskText):
+        print(event.text, end="", file=out, flush=True)
+    elif isinstance(event, p.TaskAction):
+        print(action_line(event.kind, event.description, event.verdict, event.reason),
+              file=out, flush=True)  # fmt: skip
+    elif isinstance(event, p.Notice):
+        print(event.message, file=out, flush=True)
+    elif isinstance(event, p.ApprovalAnswered) and event.by != "face-self":
+        verb = "allowed" if event.allow else "not allowed"
+        if event.by == "timeout":
+            print("\n  Nobody answered in time, so it was not allowed.", file=out, flush=True)
+        else:
+            print(f"\n  Answered: {verb}.", file=out, flush=True)
+
+
 def _run(args: argparse.Namespace) -> int:
     out = sys.stdout
-    summary = _run_in_process(args, out)
+    run = _run_in_process if args.no_daemon else _run_via_daemon
+    summary = run(args, out)
     after_task(summary, out)
     return exit_status(summary)
 
@@ -117,6 +162,7 @@ def register(subparsers: Any) -> None:
         "run", help="hand a task to the agent; everything it does runs in the sealed VM"
     )
     add_workspace_arg(parser)
+    add_daemon_arg(parser)
     parser.add_argument("task", help='what to do, in plain words, e.g. "tidy my notes"')
     parser.add_argument(
         "--mode",

@@ -125,6 +125,10 @@ class Client:
             raise DaemonError(f"unexpected reply {reply.type!r} to {req.type!r}")
         return reply
 
+    def notify(self, req: p.Request) -> None:
+        """Send ``req`` without waiting for its reply (keystrokes, window sizes)."""
+        self._write(req.model_copy(update={"id": 0}).to_line())
+
     def send_raw(self, line: bytes) -> None:
         """Write raw bytes (tests of the service's handling of bad input)."""
         self._write(line)
@@ -184,6 +188,52 @@ class Client:
 
         result: p.ExecResult = self.call(req, on_event=handle)
         return result
+
+    def shell(self, req: p.Shell, stdin_fd: int, stdout_fd: int) -> p.ExecResult:
+        """Bridge a local terminal to a terminal in the session until its program exits."""
+        import os
+        import signal
+        import termios
+        import tty
+
+        def output(ev: p.Event) -> None:
+            if isinstance(ev, p.ExecOutput):
+                os.write(stdout_fd, ev.data.encode("latin-1"))
+
+        rid = self.send(req, on_event=output)
+        is_tty = os.isatty(stdin_fd)
+        saved = termios.tcgetattr(stdin_fd) if is_tty else None
+        old_winch: Any = None
+
+        def on_winch(_sig: int, _frame: object) -> None:
+            with contextlib.suppress(OSError, CoworkError):
+                size = os.get_terminal_size(stdout_fd)
+                self.notify(p.PtyResize(shell=rid, cols=size.columns, rows=size.lines))
+
+        def pump() -> None:
+            with contextlib.suppress(OSError, CoworkError):
+                while True:
+                    data = os.read(stdin_fd, 4096)
+                    if not data:
+                        self.notify(p.PtyInput(shell=rid, eof=True))
+                        return
+                    self.notify(p.PtyInput(shell=rid, data=data.decode("latin-1")))
+
+        try:
+            if is_tty:
+                tty.setraw(stdin_fd)
+                if threading.current_thread() is threading.main_thread():
+                    old_winch = signal.signal(signal.SIGWINCH, on_winch)
+            threading.Thread(target=pump, name="cowork-pty-input", daemon=True).start()
+            reply = self.wait(rid)
+        finally:
+            if saved is not None:
+                termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
+            if old_winch is not None:
+                signal.signal(signal.SIGWINCH, old_winch)
+        if not isinstance(reply, p.ExecResult):
+            raise DaemonError(f"unexpected reply {reply.type!r} to a shell")
+        return reply
 
     # --- plumbing ------------------------------------------------------------------------
     def _write(self, data: bytes) -> None:

@@ -219,6 +219,37 @@ class Exec(Request):
 
 
 @request
+class Shell(Request):
+    """An interactive program (default: a login shell) on a terminal in the workspace's
+    session. Output arrives as :class:`ExecOutput` events; input and window sizes are sent
+    with :class:`PtyInput` and :class:`PtyResize` naming this request's id."""
+
+    type: Literal["shell"] = "shell"
+    answer: ClassVar[builtins.type[Reply]] = ExecResult
+    workspace: str
+    term: str = "xterm-256color"
+    cols: int = 80
+    rows: int = 24
+    keep: bool = False
+
+
+@request
+class PtyInput(Request):
+    type: Literal["pty.input"] = "pty.input"
+    shell: int  # the id of the Shell request on this connection
+    data: str = ""  # latin-1 text of the raw bytes
+    eof: bool = False
+
+
+@request
+class PtyResize(Request):
+    type: Literal["pty.resize"] = "pty.resize"
+    shell: int
+    cols: int
+    rows: int
+
+
+@request
 class RunTask(Request):
     """Run an agent task in the workspace's session. Events stream until the reply."""
 

@@ -60,6 +60,7 @@ class Conn:
         self.tag = f"face-{pid}-{secrets.token_hex(2)}"
         self._lock = threading.Lock()
         self.alive = True
+        self.ptys: dict[int, Any] = {}  # Shell request id -> cowork.host.channel.Pty
 
     def send(self, msg: p.Message) -> None:
         if not self.alive:
@@ -213,6 +214,18 @@ def _qemu_pid(name: str) -> int | None:
     return None
 
 
+def _listening(path: Path) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
 def _peer(sock: socket.socket) -> tuple[int, int]:
     """(pid, uid) of the process at the other end of a Unix socket."""
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
@@ -270,6 +283,12 @@ class Daemon:
                 "the cowork service is already running for this user; see `cowork daemon status`"
             ) from None
         self._lockfd = fd
+        if _listening(self.paths.daemon_socket):
+            # Same runtime folder, other state folder: never take over another's socket.
+            self._release()
+            raise UsageError(
+                f"another cowork service already listens on {self.paths.daemon_socket}"
+            )
         self.reconcile()
         runtime = self.paths.runtime
         runtime.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -342,6 +361,9 @@ class Daemon:
         for conn in list(self._conns):
             with contextlib.suppress(OSError):
                 conn.sock.shutdown(socket.SHUT_RDWR)
+        self._release()
+
+    def _release(self) -> None:
         if self._lockfd is not None:
             os.close(self._lockfd)
             self._lockfd = None
@@ -380,6 +402,9 @@ class Daemon:
                     req = p.parse_request(line)
                 except p.ProtocolError as exc:
                     conn.send(p.ErrorReply(id=exc.ref, code=exc.code, message=str(exc)))
+                    continue
+                if type(req) in INLINE:  # keystrokes must stay in order
+                    self._handle(conn, req)
                     continue
                 threading.Thread(
                     target=self._handle, args=(conn, req), name=f"req-{req.type}", daemon=True
@@ -594,6 +619,8 @@ def _jsonable(obj: dict[str, Any]) -> dict[str, Any]:
 # --- request handlers ------------------------------------------------------------------------
 
 Handler = Callable[[Daemon, Conn, Any], p.Reply]
+#: Quick requests handled in the connection's own thread, in the order they arrive.
+INLINE: set[type[p.Request]] = {p.PtyInput, p.PtyResize}
 HANDLERS: dict[type[p.Request], Handler] = {}
 
 
@@ -670,6 +697,63 @@ def _exec(d: Daemon, conn: Conn, req: p.Exec) -> p.Reply:
         ms.busy.release()
         if started and not ms.kept and ms.name in d._sessions:
             d._close(ms)
+
+
+@handles(p.Shell)
+def _shell(d: Daemon, conn: Conn, req: p.Shell) -> p.Reply:
+    to = (conn, req.id)
+    ms, started = d._boot(req.workspace, req.keep, to)
+    if not ms.busy.acquire(blocking=False):
+        raise UsageError(f"VM {ms.name} is busy with another task or command; try again later")
+    try:
+        pty = ms.session.channel.open_pty(term=req.term, cols=req.cols, rows=req.rows)
+        conn.ptys[req.id] = pty
+        try:
+            while conn.alive:
+                try:
+                    data = pty.read(timeout=0.5)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                conn.send(p.ExecOutput(ref=req.id, session=ms.name, stream="stdout",
+                                       data=data.decode("latin-1")))  # fmt: skip
+            status = pty.exit_status(timeout=5)
+        finally:
+            conn.ptys.pop(req.id, None)
+            pty.close()
+        code = status if status is not None and 0 <= status < 256 else 1
+        return p.ExecResult(exit_code=code)
+    except CoworkError as exc:
+        why = d._fault(ms, exc)
+        if why is not None:
+            raise SessionGone(why) from exc
+        raise
+    finally:
+        ms.busy.release()
+        if started and not ms.kept and ms.name in d._sessions:
+            d._close(ms)
+
+
+@handles(p.PtyInput)
+def _pty_input(d: Daemon, conn: Conn, req: p.PtyInput) -> p.Reply:
+    pty = conn.ptys.get(req.shell)
+    if pty is None:
+        raise p.ProtocolError("not_found", f"no terminal for request {req.shell}")
+    if req.data:
+        pty.write(req.data.encode("latin-1"))
+    if req.eof:
+        pty.close_input()
+    return p.Ok()
+
+
+@handles(p.PtyResize)
+def _pty_resize(d: Daemon, conn: Conn, req: p.PtyResize) -> p.Reply:
+    pty = conn.ptys.get(req.shell)
+    if pty is None:
+        raise p.ProtocolError("not_found", f"no terminal for request {req.shell}")
+    pty.resize(req.cols, req.rows)
+    return p.Ok()
 
 
 @handles(p.RunTask)
