@@ -510,12 +510,14 @@ def open_session(
     events: EventBus,
     progress: Progress | None = None,
     backend: VMBackend | None = None,
+    egress_overrides: dict[str, Any] | None = None,
 ) -> Session:
     """A session configured by the effective policy, kept current while it runs.
 
     The workspace is checked first; its own config is read only if the user trusts it.
     The VM's settings come from the policy at start; egress grants are read from the
-    policy in force at each request (hot reload).
+    policy in force at each request (hot reload). ``egress_overrides`` sets the test-only
+    fields of :class:`EgressSettings` (resolver, address check, upstream CA, secrets).
     """
     from cowork.host.policy import PolicyWatcher
     from cowork.host.trust import TrustStore
@@ -532,7 +534,7 @@ def open_session(
             settings=VMSettings.from_policy(policy),
             backend=backend,
             progress=progress,
-            egress=EgressSettings.from_policy(lambda: watcher.current),
+            egress=EgressSettings.from_policy(lambda: watcher.current, **(egress_overrides or {})),
         )
     except BaseException:
         watcher.stop()
