@@ -550,13 +550,26 @@ class Daemon:
             return False
 
     def _fault(self, ms: Managed, exc: BaseException | None) -> str | None:
-        """If the session's VM died or its disk is full, remove it and say so plainly."""
-        if self._alive(ms) and not _disk_full(exc):
+        """If the session's VM died, its channel is lost or its disk is full, remove it and
+        say so plainly; None when the session is fine."""
+        from cowork.errors import ChannelError
+
+        lost = isinstance(exc, ChannelError) and "lost" in str(exc)
+        if lost:  # libvirt may not have noticed a dead QEMU yet
+            deadline = time.monotonic() + 10
+            while self._alive(ms) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        if self._alive(ms) and not _disk_full(exc) and not lost:
             return None
         if _disk_full(exc) or _disk_full_status(ms):
             why = (
                 f"the disk holding cowork's session files ({self.paths.sessions}) is full, so "
                 f"VM {ms.name} had to be stopped; free some space and try again"
+            )
+        elif self._alive(ms):
+            why = (
+                f"the connection to VM {ms.name} was lost, so what ran in it was cut short "
+                "and the VM was stopped"
             )
         else:
             why = f"VM {ms.name} stopped unexpectedly, so what ran in it was cut short"
