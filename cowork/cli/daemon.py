@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -25,8 +26,31 @@ from cowork.paths import Paths
 START_TIMEOUT_S = 30.0
 
 
+#: The systemd --user unit scripts/setup installs where systemd runs.
+SYSTEMD_UNIT = "cowork-daemon.service"
+
+
+def _systemd_unit_installed() -> bool:
+    import shutil
+    from pathlib import Path
+
+    config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return (
+        Path("/run/systemd/system").is_dir()
+        and shutil.which("systemctl") is not None
+        and (config / "systemd" / "user" / SYSTEMD_UNIT).is_file()
+    )
+
+
 def start_background(paths: Paths) -> None:
-    """Start the service detached from this terminal, its output going to its log."""
+    """Start the service: through its systemd --user unit when installed, else detached from
+    this terminal with its output going to its log."""
+    if paths == Paths() and _systemd_unit_installed():
+        done = subprocess.run(
+            ["systemctl", "--user", "start", SYSTEMD_UNIT], capture_output=True, check=False
+        )
+        if done.returncode == 0:
+            return
     paths.daemon_state.mkdir(parents=True, exist_ok=True, mode=0o700)
     with open(paths.daemon_log, "ab") as log:
         subprocess.Popen(
