@@ -12,10 +12,12 @@ the task runs in the user's cowork service (started in the background when none 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from typing import Any, TextIO
 
 from cowork.cli.common import add_daemon_arg, add_workspace_arg, event_bus, progress
+from cowork.errors import CoworkError
 from cowork.host.agent.loop import Decision, RunSummary, StopReason, ToolCall, Verdict
 from cowork.host.agent.settings import ApprovalMode
 from cowork.host.agent.tools import describe
@@ -115,12 +117,29 @@ def _run_via_daemon(args: argparse.Namespace, out: TextIO) -> RunSummary:
     paths = Paths()
     workspace = check_workspace(args.workspace, paths=paths)
     approver = TerminalApprover()
+    session: list[str] = []
+
+    def on_event(ev: p.Event) -> None:
+        if ev.session and not session:
+            session.append(ev.session)
+        _show_event(ev, out)
+
     with connect_or_start(paths) as client, recover_if_gone(paths):
-        result = client.run_task(
-            p.RunTask(workspace=str(workspace), task=args.task, mode=args.mode, demo=args.demo),
-            on_event=lambda ev: _show_event(ev, out),
-            on_approval=lambda ev: approver.ask(ev.description, ev.reason),
+        request = p.RunTask(
+            workspace=str(workspace), task=args.task, mode=args.mode, demo=args.demo
         )
+        try:
+            result = client.run_task(
+                request,
+                on_event=on_event,
+                on_approval=lambda ev: approver.ask(ev.description, ev.reason),
+            )
+        except KeyboardInterrupt:
+            # Ctrl-C stops the task in the service too; its files stay as the last action left them.
+            if session:
+                with contextlib.suppress(CoworkError):
+                    client.call(p.StopTask(session=session[0]), timeout=30)
+            return RunSummary(StopReason.INTERRUPTED, turns=0, ran=0, asked=0, refused=0)
     return RunSummary(
         StopReason(result.reason),
         turns=result.turns,

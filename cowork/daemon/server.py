@@ -176,6 +176,7 @@ class Managed:
     kept: bool
     busy: threading.Lock = field(default_factory=threading.Lock)
     task_thread: threading.Thread | None = None
+    task_face: Conn | None = None  # the connection whose request runs the task
     stopping: bool = False
 
     @property
@@ -414,6 +415,10 @@ class Daemon:
         finally:
             conn.alive = False
             self.hub.drop(conn)
+            with self._lock:
+                orphaned = [ms for ms in self._sessions.values() if ms.task_face is conn]
+            for ms in orphaned:  # nobody is left to see the task or answer it
+                self._stop_task(ms, "the face that started it went away")
             self._conns.discard(conn)
             with contextlib.suppress(OSError):
                 sock.close()
@@ -806,6 +811,7 @@ def _run_task(d: Daemon, conn: Conn, req: p.RunTask) -> p.Reply:
             on_notice=lambda m: d._notice(name, m, to),
         )
         ms.task_thread = threading.current_thread()
+        ms.task_face = conn
         ms.stopping = False
         error: BaseException | None = None
         try:
@@ -823,6 +829,7 @@ def _run_task(d: Daemon, conn: Conn, req: p.RunTask) -> p.Reply:
             summary, error = None, exc
         finally:
             ms.task_thread = None
+            ms.task_face = None
         full = summary is not None and "No space left" in summary.error
         fault = d._fault(ms, error or (OSError(28, summary.error) if full and summary else None))
         if fault is not None:

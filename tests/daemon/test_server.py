@@ -3,6 +3,7 @@ of input, and the peer check."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import socket
@@ -223,3 +224,25 @@ def test_a_client_of_another_uid_is_refused(service):
     assert isinstance(reply, p.ErrorReply) and reply.code == "refused"
     with service.client() as c:  # the owner is still served
         assert c.call(p.ListSessions()).sessions == []
+
+
+def test_a_face_that_goes_away_stops_its_task(service):
+    asked = threading.Event()
+    face = service.client()
+
+    def run() -> None:
+        with contextlib.suppress(DaemonError):
+            face.run_task(
+                p.RunTask(workspace=str(service.workspace), task="summarise", mode="ask"),
+                on_event=lambda _e: None,
+                on_approval=lambda _e: (asked.set(), time.sleep(30), True)[2],
+            )
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert asked.wait(10)
+    face.close()
+    assert wait_for(lambda: service.opened and service.opened[0].closed)
+    with service.client() as other:
+        assert other.call(p.ListSessions()).sessions == []
+    assert not (service.workspace / "cowork-demo-notes.md").exists()
