@@ -178,6 +178,7 @@ class Managed:
     task_thread: threading.Thread | None = None
     task_face: Conn | None = None  # the connection whose request runs the task
     stopping: bool = False
+    fault: str | None = None  # why the watchdog removed it
 
     @property
     def name(self) -> str:
@@ -332,6 +333,7 @@ class Daemon:
         if self._listener is None:
             self.bind()
         assert self._listener is not None
+        threading.Thread(target=self._watch, name="cowork-watchdog", daemon=True).start()
         self._listener.settimeout(0.5)
         while not self._stopped.is_set():
             try:
@@ -548,6 +550,35 @@ class Daemon:
             return
         self._unrecord(ms.name)
 
+    def _watch(self) -> None:
+        """Every few seconds: a session whose VM stopped, crashed or was paused by its
+        hypervisor (QEMU pauses a guest whose disk write failed for want of space) is
+        removed, and whoever uses it is told why."""
+        while not self._stopped.wait(WATCH_INTERVAL_S):
+            with self._lock:
+                managed = list(self._sessions.values())
+            for ms in managed:
+                try:
+                    state = str(ms.session.backend.status(ms.name).state.value)
+                except CoworkError:
+                    continue
+                if state == "running":
+                    continue
+                if state == "paused" and _space_left(ms.session.dir) < LOW_SPACE_BYTES:
+                    why = (
+                        f"the disk holding cowork's session files ({self.paths.sessions}) is "
+                        f"full, so VM {ms.name} had to be stopped; free some space and try again"
+                    )
+                elif state == "paused":
+                    why = f"VM {ms.name} was paused by its hypervisor, so it had to be stopped"
+                else:
+                    why = f"VM {ms.name} stopped unexpectedly, so what ran in it was cut short"
+                ms.fault = f"{why}. Your workspace files are as the last finished action left them."
+                log.error("%s", ms.fault)
+                self._notice(ms.name, ms.fault, None)
+                self._stop_task(ms, ms.fault)
+                self._close(ms)
+
     def _alive(self, ms: Managed) -> bool:
         try:
             return str(ms.session.backend.status(ms.name).state.value) == "running"
@@ -558,6 +589,9 @@ class Daemon:
         """If the session's VM died, its channel is lost or its disk is full, remove it and
         say so plainly; None when the session is fine."""
         from cowork.errors import ChannelError
+
+        if ms.fault is not None:  # the watchdog got there first
+            return ms.fault
 
         lost = isinstance(exc, ChannelError) and "lost" in str(exc)
         if lost:  # libvirt may not have noticed a dead QEMU yet
@@ -608,6 +642,20 @@ class Daemon:
         self.approvals.refuse_all(ms.name, "stopped")
         _interrupt(thread)
         return True
+
+
+#: How often the watchdog looks at every session's VM.
+WATCH_INTERVAL_S = 2.0
+#: Free space below which a paused VM is taken to have run out of disk.
+LOW_SPACE_BYTES = 16 << 20
+
+
+def _space_left(path: Path) -> int:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return 0
+    return st.f_bavail * st.f_frsize
 
 
 def _disk_full(exc: BaseException | None) -> bool:
