@@ -179,6 +179,7 @@ class Managed:
     task_face: Conn | None = None  # the connection whose request runs the task
     stopping: bool = False
     fault: str | None = None  # why the watchdog removed it
+    removed: threading.Event = field(default_factory=threading.Event)
 
     @property
     def name(self) -> str:
@@ -548,6 +549,8 @@ class Daemon:
         except CoworkError as exc:
             log.error("could not remove VM %s: %s", ms.name, exc)
             return
+        finally:
+            ms.removed.set()
         self._unrecord(ms.name)
 
     def _watch(self) -> None:
@@ -590,7 +593,8 @@ class Daemon:
         say so plainly; None when the session is fine."""
         from cowork.errors import ChannelError
 
-        if ms.fault is not None:  # the watchdog got there first
+        if ms.fault is not None:  # the watchdog got there first: tell once the VM is gone
+            ms.removed.wait(CLOSE_WAIT_S)
             return ms.fault
 
         lost = isinstance(exc, ChannelError) and "lost" in str(exc)
@@ -644,6 +648,8 @@ class Daemon:
         return True
 
 
+#: How long a request waits for the watchdog to finish removing a failed session.
+CLOSE_WAIT_S = 120.0
 #: How often the watchdog looks at every session's VM.
 WATCH_INTERVAL_S = 2.0
 #: Free space below which a paused VM is taken to have run out of disk.
