@@ -653,7 +653,7 @@ CLOSE_WAIT_S = 120.0
 #: How often the watchdog looks at every session's VM.
 WATCH_INTERVAL_S = 2.0
 #: Free space below which a paused VM is taken to have run out of disk.
-LOW_SPACE_BYTES = 16 << 20
+LOW_SPACE_BYTES = 64 << 20
 
 
 def _space_left(path: Path) -> int:
