@@ -280,3 +280,146 @@ def test_sigkill_of_qemu_mid_command_ends_with_a_clear_message(world: World):
         assert not list(world.paths.daemon_records.glob("*.json"))
         assert daemon.paths == world.paths
     assert (world.workspace / "keep.txt").read_text() == "the person's file\n"
+
+
+def test_two_faces_see_one_sequence_and_either_answers_an_approval(world: World):
+    """A task in a real VM: the faces watching see the same numbered events; the approval
+    answered from one face releases the task and the asking face sees it answered."""
+    notes = world.workspace / "cowork-demo-notes.md"
+    with service_thread(world):
+        sock = world.paths.daemon_socket
+        with (
+            Client.connect(sock) as task_face,
+            Client.connect(sock) as a,
+            Client.connect(sock) as b,
+        ):
+            seen: dict[str, list[p.Event]] = {"a": [], "b": []}
+            a.subscribe(None, seen["a"].append)
+
+            def on_b(ev: p.Event) -> None:
+                seen["b"].append(ev)
+                if isinstance(ev, p.ApprovalAsked):
+                    threading.Thread(
+                        target=lambda: b.call(p.AnswerApproval(approval=ev.approval, allow=True))
+                    ).start()
+
+            b.subscribe(None, on_b)
+            asked: list[str] = []
+            events: list[p.Event] = []
+
+            def terminal(ev: p.ApprovalAsked) -> bool:
+                asked.append(ev.approval)
+                time.sleep(5)  # the person at this terminal is slower
+                return False
+
+            result = task_face.run_task(
+                p.RunTask(workspace=str(world.workspace), task="summarise", mode="ask", demo=True),
+                on_event=events.append,
+                on_approval=terminal,
+            )
+            assert result.reason == "completed", result
+            assert result.asked >= 1 and result.refused == 0
+            assert notes.is_file()
+            answered = [e for e in events if isinstance(e, p.ApprovalAnswered)]
+            assert len(answered) == len(asked) >= 1 and all(e.allow for e in answered)
+            assert wait_for(lambda: seen["a"] and len(seen["a"]) == len(seen["b"]), 30)
+            assert [e.model_dump() for e in seen["a"]] == [e.model_dump() for e in seen["b"]]
+            kinds = {e.type for e in seen["a"]}
+            assert {"approval.asked", "approval.answered", "task.text", "task.finished"} <= kinds
+    notes.unlink(missing_ok=True)
+    assert (world.workspace / "keep.txt").read_text() == "the person's file\n"
+
+
+def test_the_cli_starts_the_service_and_a_vm_up_session_outlives_its_command(
+    image_ready: None, tmp_path: Path
+):
+    from tests.cli.conftest import CLI
+
+    cli = CLI(tmp_path / "home")
+    ws = make_workspace(tmp_path)
+    (ws / "keep.txt").write_text("cli file\n")
+    claude = tmp_path / "claude"
+    claude.mkdir()
+    settings = tmp_path / "home" / "config" / "cowork" / "settings.toml"
+    settings.parent.mkdir(parents=True)
+    settings.write_text(
+        f'version = 1\n[vm]\nmemory_mib = 1024\n[mounts]\nclaude_dir = "{claude}"\n'
+    )
+    try:
+        up = cli("vm", "up", "--workspace", str(ws))
+        assert up.returncode == 0, up.stderr
+        assert "started the cowork service in the background" in up.stderr
+        name = up.stdout.split("\t")[0]
+        listed = cli("vm", "list")
+        assert listed.returncode == 0 and name in listed.stdout
+        ex = cli("exec", "--workspace", str(ws), "--", "cat /workspace/keep.txt; hostname")
+        assert ex.returncode == 0, ex.stderr
+        assert ex.stdout.startswith("cli file\n")
+        assert "started the cowork service" not in ex.stderr  # the same service, the same VM
+        status = cli("daemon", "status")
+        assert name in status.stdout and "MiB" in status.stdout
+        down = cli("vm", "down", name)
+        assert down.returncode == 0, down.stderr
+        assert domain_state(name) == "missing"
+    finally:
+        cli("daemon", "stop", timeout=300)
+        shutil.rmtree(cli.runtime, ignore_errors=True)
+
+
+def fill_up(path: Path) -> None:
+    """Fill the filesystem holding ``path`` but for about 1 MiB."""
+    with open(path, "wb") as f:
+        chunk = b"\0" * (1 << 20)
+        while True:
+            st = os.statvfs(path)
+            if st.f_bavail * st.f_frsize <= 2 << 20:
+                return
+            try:
+                f.write(chunk)
+                f.flush()
+            except OSError:
+                return
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="mounting a small filesystem needs root")
+def test_a_full_disk_under_the_session_folder_ends_with_a_clear_message(
+    world: World, tmp_path: Path
+):
+    paths = make_paths(tmp_path / "cowork")
+    paths.state.mkdir(parents=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=400m,mode=0700", "tmpfs", str(paths.state)], check=True
+    )
+    small = World(tmp_path, paths, world.workspace, world.upstream, world.overrides)
+    paths.config.mkdir(parents=True)
+    shutil.copyfile(world.paths.user_settings_file, paths.user_settings_file)
+    filler = paths.state / "filler"
+    try:
+        with service_thread(small), Client.connect(paths.daemon_socket) as c:
+            name = c.call(p.VmUp(workspace=str(world.workspace))).session.name
+            # Something else on this computer fills the disk up.
+            fill_up(filler)
+            with pytest.raises(DaemonError) as err:
+                c.exec(
+                    p.Exec(
+                        workspace=str(world.workspace),
+                        command="dd if=/dev/zero of=/var/tmp/fill bs=1M count=300 "
+                        "conv=fsync 2>&1; echo written",
+                    ),
+                    on_stdout=lambda _b: None,
+                    on_stderr=lambda _b: None,
+                )
+            assert "is full" in str(err.value) and "free some space" in str(err.value)
+            assert c.call(p.ListSessions()).sessions == []
+            assert domain_state(name) == "missing"
+            assert not paths.session_dir(name).exists()
+            # With space again, the next session starts without any cleanup by hand.
+            filler.unlink()
+            again = c.call(p.VmUp(workspace=str(world.workspace))).session.name
+            c.call(p.VmDown(name=again))
+        assert (world.workspace / "keep.txt").read_text() == "the person's file\n"
+        assert not list(paths.daemon_records.glob("*.json"))
+    finally:
+        filler.unlink(missing_ok=True)
+        subprocess.run(["umount", "-l", str(paths.state)], check=False)
+        shutil.rmtree(paths.runtime, ignore_errors=True)
