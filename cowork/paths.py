@@ -40,6 +40,8 @@ DAEMON_DIR = "daemon"
 DAEMON_LOCK_FILE = "daemon.lock"
 DAEMON_LOG_FILE = "daemon.log"
 DAEMON_RECORDS_DIR = "sessions"
+LAST_FAILED_CONSOLE_FILE = "last-failed-console.log"
+KEPT_OVERLAYS_DIR = "kept"
 WORKSPACE_CONFIG_FILES = (
     ".claude/settings.json",
     ".claude/settings.local.json",
@@ -131,6 +133,16 @@ class Paths:
 
     def session_dir(self, name: str) -> Path:
         return self.sessions / name
+
+    @property
+    def last_failed_console(self) -> Path:
+        """The console log of the last VM that failed to start (kept for troubleshooting)."""
+        return self.state / LAST_FAILED_CONSOLE_FILE
+
+    @property
+    def kept_overlays(self) -> Path:
+        """Overlays kept after their session ended (``vm.keep_overlay``)."""
+        return self.state / KEPT_OVERLAYS_DIR
 
     def session_runtime(self, name: str) -> Path:
         """Short directory for the session's unix sockets."""

@@ -15,30 +15,32 @@ reconnects to it.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import re
 import secrets
 import shutil
-import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from cowork.errors import BackendError, BootTimeout, ChannelError, CoworkError, UsageError
+from cowork.errors import BootTimeout, ChannelError, CoworkError, UsageError
 from cowork.guest import contract
+from cowork.host import disks, keys
 from cowork.host import image as image_mod
+from cowork.host import session_store as store
 from cowork.host import workspace as ws_mod
 from cowork.host.channel import Channel
 from cowork.host.egress.gateway import Gateway, GatewaySettings
 from cowork.host.egress.grants import Grant
 from cowork.host.events import EventBus, Kind
+from cowork.host.session_store import (
+    SessionState,
+    find_for_workspace,
+    iter_states,
+    load_state,
+)
 from cowork.host.vm.accel import detect_accel
 from cowork.host.vm.backend import VMBackend
 from cowork.host.vm.spec import VMSpec
@@ -48,7 +50,6 @@ from cowork.paths import (
     CONSOLE_LOG_FILE,
     OVERLAY_FILE,
     SEED_FILE,
-    SESSION_STATE_FILE,
     Paths,
 )
 
@@ -121,23 +122,6 @@ class EgressSettings:
         )
 
 
-@dataclass(frozen=True)
-class SessionState:
-    """What is persisted about a running session (no secrets but the session's own key)."""
-
-    name: str
-    workspace: str
-    created_at: float
-    boot_seconds: float
-    accel: str
-    uri: str
-    mounts: list[dict[str, Any]]
-    host_public_key: str
-    agent_uid: int
-    agent_gid: int
-    image_recipe: str
-
-
 def _slug(text: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
     return (slug or "ws")[:24].strip("-") or "ws"
@@ -145,45 +129,6 @@ def _slug(text: str) -> str:
 
 def new_session_name(workspace: Path) -> str:
     return f"cowork-{_slug(workspace.name)}-{secrets.token_hex(3)}"
-
-
-def _ed25519_pair() -> tuple[str, str]:
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    ).decode()
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        .decode()
-    )
-    return private, public
-
-
-def _write_private(path: Path, data: str | bytes) -> None:
-    raw = data.encode() if isinstance(data, str) else data
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, raw)
-    finally:
-        os.close(fd)
-
-
-def create_overlay(base: Path, overlay: Path) -> None:
-    """A copy-on-write qcow2 over the read-only base image."""
-    qemu_img = shutil.which("qemu-img")
-    if qemu_img is None:
-        raise BackendError("qemu-img is not installed: install the Debian package qemu-utils")
-    proc = subprocess.run(
-        [qemu_img, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(overlay)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise BackendError(f"could not create the session disk {overlay}: {proc.stderr.strip()}")
 
 
 #: The guest's CA bundle: system roots plus the session's interception CA (added by the init).
@@ -323,9 +268,9 @@ class Session:
                 gateway = start_gateway(egress, events, sdir)
                 seed_env = gateway.guest_environment(GUEST_CA_BUNDLE, contract.PROXY_PORT)
                 ca_certs = (gateway.ca_cert_pem.decode(),)
-            host_priv, host_pub = _ed25519_pair()
-            client_priv, client_pub = _ed25519_pair()
-            _write_private(sdir / CLIENT_KEY_FILE, client_priv)
+            host_priv, host_pub = keys.ed25519_pair()
+            client_priv, client_pub = keys.ed25519_pair()
+            keys.write_private(sdir / CLIENT_KEY_FILE, client_priv)
             seed = contract.Seed(
                 session=name,
                 host_key=host_priv,
@@ -337,10 +282,10 @@ class Session:
                 ca_certs=ca_certs,
                 guest_code=contract.guest_code_files(),
             )
-            _write_private(sdir / SEED_FILE, contract.encode_seed(seed))
+            keys.write_private(sdir / SEED_FILE, contract.encode_seed(seed))
             del host_priv
             overlay = sdir / OVERLAY_FILE
-            create_overlay(info.base_disk, overlay)
+            disks.create_overlay(info.base_disk, overlay)
 
             spec = VMSpec(
                 name=name,
@@ -396,7 +341,7 @@ class Session:
                 agent_gid=identity.gid,
                 image_recipe=info.recipe_hash,
             )  # fmt: skip
-            (sdir / SESSION_STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+            store.save_state(paths, state)
             events.emit(
                 Kind.VM_READY, session=name, boot_seconds=state.boot_seconds, accel=state.accel
             )
@@ -422,7 +367,7 @@ class Session:
             console = sdir / CONSOLE_LOG_FILE
             if console.exists() and not isinstance(exc, KeyboardInterrupt):
                 paths.state.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(console, paths.state / "last-failed-console.log")
+                shutil.copyfile(console, paths.last_failed_console)
             for path in reversed(created):
                 shutil.rmtree(path, ignore_errors=True)
             raise
@@ -543,36 +488,6 @@ def open_session(
     return sess
 
 
-def load_state(paths: Paths, name: str) -> SessionState:
-    path = paths.session_dir(name) / SESSION_STATE_FILE
-    try:
-        obj = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"there is no cowork VM named {name!r}; see `cowork vm list`") from None
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"the state of VM {name!r} in {path} is unreadable: {exc}") from exc
-    return SessionState(**obj)
-
-
-def iter_states(paths: Paths) -> Iterator[SessionState]:
-    if not paths.sessions.is_dir():
-        return
-    for sdir in sorted(paths.sessions.iterdir()):
-        if (sdir / SESSION_STATE_FILE).is_file():
-            try:
-                yield load_state(paths, sdir.name)
-            except UsageError as exc:
-                log.warning("%s", exc)
-
-
-def find_for_workspace(paths: Paths, workspace: Path) -> SessionState | None:
-    resolved = str(workspace.expanduser().resolve())
-    for state in iter_states(paths):
-        if state.workspace == resolved:
-            return state
-    return None
-
-
 def destroy_session(
     name: str,
     *,
@@ -591,7 +506,7 @@ def destroy_session(
     backend.destroy(name)
     sdir = paths.session_dir(name)
     if keep_overlay and (sdir / OVERLAY_FILE).exists():
-        kept = paths.state / "kept" / name
+        kept = paths.kept_overlays / name
         kept.mkdir(parents=True, exist_ok=True)
         shutil.move(str(sdir / OVERLAY_FILE), kept / OVERLAY_FILE)
     shutil.rmtree(sdir, ignore_errors=True)
