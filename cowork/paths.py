@@ -42,6 +42,12 @@ TEMPLATES_DIR = "templates"
 CHANGES_DIR = "changes"
 CHANGE_SETS_DIR = "sets"
 CHANGE_RECORDS_DIR = "records"
+DAEMON_SOCKET_FILE = "daemon.sock"
+DAEMON_DIR = "daemon"
+DAEMON_LOCK_FILE = "daemon.lock"
+DAEMON_LOG_FILE = "daemon.log"
+DAEMON_RECORDS_DIR = "sessions"
+LAST_FAILED_CONSOLE_FILE = "last-failed-console.log"
 KEPT_OVERLAYS_DIR = "kept"
 WORKSPACE_CONFIG_FILES = (
     ".claude/settings.json",
@@ -150,6 +156,16 @@ class Paths:
     def session_dir(self, name: str) -> Path:
         return self.sessions / name
 
+    @property
+    def last_failed_console(self) -> Path:
+        """The console log of the last VM that failed to start (kept for troubleshooting)."""
+        return self.state / LAST_FAILED_CONSOLE_FILE
+
+    @property
+    def kept_overlays(self) -> Path:
+        """Overlays kept after their session ended (``vm.keep_overlay``)."""
+        return self.state / KEPT_OVERLAYS_DIR
+
     def session_runtime(self, name: str) -> Path:
         """Short directory for the session's unix sockets."""
         return self.runtime / name
@@ -170,11 +186,29 @@ class Paths:
         """One folder per apply: what it replaced or removed (undo copies and the trash)."""
         return self.changes / CHANGE_RECORDS_DIR
 
-    # --- disk lifecycle (cowork doctor / reset) ------------------------------------
+    # --- the per-user service (coworkd) -------------------------------------------
     @property
-    def kept_overlays(self) -> Path:
-        """Overlays of ended sessions kept on request (``vm.keep_overlay``), one per name."""
-        return self.state / KEPT_OVERLAYS_DIR
+    def daemon_socket(self) -> Path:
+        """The service's Unix socket (0600, in the user's runtime directory)."""
+        return self.runtime / DAEMON_SOCKET_FILE
+
+    @property
+    def daemon_state(self) -> Path:
+        """The service's own files: its lock, its log and its records of sessions."""
+        return self.state / DAEMON_DIR
+
+    @property
+    def daemon_lock(self) -> Path:
+        return self.daemon_state / DAEMON_LOCK_FILE
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.daemon_state / DAEMON_LOG_FILE
+
+    @property
+    def daemon_records(self) -> Path:
+        """One record per session the service owns; reconciled with libvirt on start."""
+        return self.daemon_state / DAEMON_RECORDS_DIR
 
 
 def default_paths() -> Paths:

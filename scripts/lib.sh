@@ -82,6 +82,21 @@ ensure_venv() {
 
 has_systemd() { [ -d /run/systemd/system ]; }
 
+# The per-user cowork service as a systemd --user unit where systemd runs; elsewhere the
+# first cowork command that needs it starts it in the background, so nothing is installed.
+install_daemon_unit() {
+  if ! has_systemd || ! systemctl --user show-environment >/dev/null 2>&1; then
+    say "no systemd user session here: cowork starts its service in the background when needed"
+    return 0
+  fi
+  local dir="${XDG_CONFIG_HOME:-$HOME/.config}/systemd/user"
+  mkdir -p "$dir"
+  sed -e "s|@COWORK@|$VENV/bin/cowork|g" -e "s|@DOCS@|$COWORK_ROOT|g" \
+    "$COWORK_ROOT/packaging/systemd/cowork-daemon.service" >"$dir/cowork-daemon.service"
+  systemctl --user daemon-reload
+  systemctl --user enable --now cowork-daemon.service
+}
+
 # Without udev, /dev/kvm stays root:root 0600; libvirt then re-probes QEMU on every call
 # (seconds each). Give it the ownership udev would.
 fix_kvm_device() {

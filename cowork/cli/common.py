@@ -102,3 +102,11 @@ def add_workspace_arg(parser: argparse.ArgumentParser, required: bool = True) ->
         metavar="DIR",
         help="the folder to share with the VM (read-write at /workspace)",
     )
+
+
+def add_daemon_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-daemon",
+        action="store_true",
+        help="run in this process instead of in the cowork service (scripts, tests)",
+    )

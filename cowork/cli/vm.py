@@ -10,7 +10,8 @@ import sys
 import time
 from typing import Any
 
-from cowork.cli.common import add_workspace_arg, event_bus, progress
+from cowork.cli import vm_daemon as via_daemon
+from cowork.cli.common import add_daemon_arg, add_workspace_arg, event_bus, progress
 from cowork.errors import CoworkError, UsageError
 from cowork.host import session as session_mod
 from cowork.host import workspace as ws_mod
@@ -32,12 +33,14 @@ def register(sub: Any) -> None:
     add_workspace_arg(p)
     p.add_argument("--keep", action="store_true", help="leave the VM running afterwards")
     p.add_argument("--timeout", type=float, default=None, help="kill the command after N s")
+    add_daemon_arg(p)
     p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
     p.set_defaults(func=cmd_exec)
 
     p = sub.add_parser("shell", help="an interactive shell in the sealed VM")
     add_workspace_arg(p)
     p.add_argument("--keep", action="store_true", help="leave the VM running afterwards")
+    add_daemon_arg(p)
     p.set_defaults(func=cmd_shell)
 
     vm = sub.add_parser("vm", help="start, stop and inspect sealed VMs")
@@ -46,20 +49,24 @@ def register(sub: Any) -> None:
 
     p = vsub.add_parser("up", help="boot a VM for a workspace and leave it running")
     add_workspace_arg(p)
+    add_daemon_arg(p)
     p.set_defaults(func=cmd_up)
 
     p = vsub.add_parser("down", help="stop VMs and delete their disks")
     p.add_argument("name", nargs="?", help="the VM's name (see `cowork vm list`)")
     add_workspace_arg(p, required=False)
     p.add_argument("--all", action="store_true", help="every cowork VM of yours")
+    add_daemon_arg(p)
     p.set_defaults(func=cmd_down)
 
     p = vsub.add_parser("list", help="list your cowork VMs")
+    add_daemon_arg(p)
     p.set_defaults(func=cmd_list)
 
     p = vsub.add_parser("status", help="boot time, acceleration and mounts of a VM")
     p.add_argument("name", nargs="?")
     add_workspace_arg(p, required=False)
+    add_daemon_arg(p)
     p.set_defaults(func=cmd_status)
 
 
@@ -97,6 +104,8 @@ def _end(sess: Session, owned: bool, keep: bool) -> None:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
+    if not args.no_daemon:
+        return via_daemon.cmd_exec(args)
     command = _command_text(list(args.cmd))
     paths = Paths()
     sess, owned = _session_for(args, paths)
@@ -124,6 +133,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
+    if not args.no_daemon:
+        return via_daemon.cmd_shell(args)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise UsageError(
             "cowork shell needs a terminal; to run a command without one, use "
@@ -145,6 +156,8 @@ def cmd_shell(args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    if not args.no_daemon:
+        return via_daemon.cmd_up(args)
     paths = Paths()
     workspace = ws_mod.check_workspace(args.workspace, paths=paths)
     existing = session_mod.find_for_workspace(paths, workspace)
@@ -175,6 +188,8 @@ def _names(args: argparse.Namespace, paths: Paths) -> list[str]:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
+    if not args.no_daemon:
+        return via_daemon.cmd_down(args)
     paths = Paths()
     for name in _names(args, paths):
         session_mod.destroy_session(name, paths=paths, events=event_bus(paths, name))
@@ -183,6 +198,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    if not args.no_daemon:
+        return via_daemon.cmd_list(args)
     paths = Paths()
     rows = []
     for state in session_mod.iter_states(paths):
@@ -199,6 +216,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    if not args.no_daemon:
+        return via_daemon.cmd_status(args)
     paths = Paths()
     for name in _names(args, paths):
         state = session_mod.load_state(paths, name)

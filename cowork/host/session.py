@@ -15,32 +15,33 @@ reconnects to it.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-import os
 import re
 import secrets
 import shutil
-import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-from cowork.errors import BackendError, BootTimeout, ChannelError, CoworkError, UsageError
+from cowork.errors import BootTimeout, ChannelError, CoworkError, UsageError
 from cowork.guest import contract
+from cowork.host import disks, keys, warm
 from cowork.host import image as image_mod
-from cowork.host import warm
+from cowork.host import session_store as store
 from cowork.host import workspace as ws_mod
 from cowork.host.channel import Channel
 from cowork.host.egress import selftest
 from cowork.host.egress.gateway import Gateway, GatewaySettings
 from cowork.host.egress.grants import Grant
 from cowork.host.events import EventBus, Kind
+from cowork.host.session_store import (
+    SessionState,
+    find_for_workspace,
+    iter_states,
+    load_state,
+)
 from cowork.host.vm.accel import detect_accel
 from cowork.host.vm.backend import DiskFormat, UnsupportedError, VMBackend
 from cowork.host.vm.spec import VMSpec
@@ -51,7 +52,6 @@ from cowork.paths import (
     MONITOR_SOCKET_FILE,
     OVERLAY_FILE,
     SEED_FILE,
-    SESSION_STATE_FILE,
     Paths,
 )
 
@@ -135,26 +135,6 @@ class EgressSettings:
         )
 
 
-@dataclass(frozen=True)
-class SessionState:
-    """What is persisted about a running session (no secrets but the session's own key)."""
-
-    name: str
-    workspace: str
-    created_at: float
-    boot_seconds: float
-    accel: str
-    uri: str
-    mounts: list[dict[str, Any]]
-    host_public_key: str
-    agent_uid: int
-    agent_gid: int
-    image_recipe: str
-    start_mode: str = "cold"  # how the VM started: "cold" boot or "restore" of a template
-    changes: str = "direct"
-    undo_quota_mib: int = 2048
-
-
 def _slug(text: str) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
     return (slug or "ws")[:24].strip("-") or "ws"
@@ -162,45 +142,6 @@ def _slug(text: str) -> str:
 
 def new_session_name(workspace: Path) -> str:
     return f"cowork-{_slug(workspace.name)}-{secrets.token_hex(3)}"
-
-
-def _ed25519_pair() -> tuple[str, str]:
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption(),
-    ).decode()
-    public = (
-        key.public_key()
-        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-        .decode()
-    )
-    return private, public
-
-
-def _write_private(path: Path, data: str | bytes) -> None:
-    raw = data.encode() if isinstance(data, str) else data
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, raw)
-    finally:
-        os.close(fd)
-
-
-def create_overlay(base: Path, overlay: Path) -> None:
-    """A copy-on-write qcow2 over the read-only base image."""
-    qemu_img = shutil.which("qemu-img")
-    if qemu_img is None:
-        raise BackendError("qemu-img is not installed: install the Debian package qemu-utils")
-    proc = subprocess.run(
-        [qemu_img, "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(overlay)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise BackendError(f"could not create the session disk {overlay}: {proc.stderr.strip()}")
 
 
 #: The guest's CA bundle: system roots plus the session's interception CA (added by the init).
@@ -363,7 +304,7 @@ class Session:
                     warm.template_key(info.recipe_hash, cpus=settings.cpus,
                                       memory_mib=settings.memory_mib, accel=choice.accel,
                                       shares=shares),
-                    backend, create_overlay=create_overlay, events=events, say=say,
+                    backend, create_overlay=disks.create_overlay, events=events, say=say,
                 )  # fmt: skip
             seed_env: dict[str, str] = {}
             ca_certs: tuple[str, ...] = ()
@@ -371,9 +312,9 @@ class Session:
                 gateway = start_gateway(egress, events, sdir)
                 seed_env = gateway.guest_environment(GUEST_CA_BUNDLE, contract.PROXY_PORT)
                 ca_certs = (gateway.ca_cert_pem.decode(),)
-            host_priv, host_pub = _ed25519_pair()
-            client_priv, client_pub = _ed25519_pair()
-            _write_private(sdir / CLIENT_KEY_FILE, client_priv)
+            host_priv, host_pub = keys.ed25519_pair()
+            client_priv, client_pub = keys.ed25519_pair()
+            keys.write_private(sdir / CLIENT_KEY_FILE, client_priv)
             seed = contract.Seed(
                 session=name,
                 host_key=host_priv,
@@ -388,12 +329,12 @@ class Session:
             )
             if template is not None:
                 seed = warm.session_seed(seed)
-                _write_private(sdir / SEED_FILE, warm.seed_bytes(seed))
+                keys.write_private(sdir / SEED_FILE, warm.seed_bytes(seed))
             else:
-                _write_private(sdir / SEED_FILE, contract.encode_seed(seed))
+                keys.write_private(sdir / SEED_FILE, contract.encode_seed(seed))
             del host_priv
             overlay = sdir / OVERLAY_FILE
-            create_overlay(template.disk if template else info.base_disk, overlay)
+            disks.create_overlay(template.disk if template else info.base_disk, overlay)
 
             spec = VMSpec(
                 name=name,
@@ -421,9 +362,9 @@ class Session:
                     ),
                 )  # fmt: skip
                 if channel is None:  # fell back: boot cold over the image's own disk
-                    _write_private(sdir / SEED_FILE, contract.encode_seed(warm.cold_seed(seed)))
+                    keys.write_private(sdir / SEED_FILE, contract.encode_seed(warm.cold_seed(seed)))
                     overlay.unlink()
-                    create_overlay(info.base_disk, overlay)
+                    disks.create_overlay(info.base_disk, overlay)
                 else:
                     defined, start_mode = True, warm.RESTORE
             if channel is None:
@@ -477,7 +418,7 @@ class Session:
                 changes=settings.workspace_changes,
                 undo_quota_mib=settings.undo_quota_mib,
             )  # fmt: skip
-            (sdir / SESSION_STATE_FILE).write_text(json.dumps(asdict(state), indent=2))
+            store.save_state(paths, state)
             events.emit(
                 Kind.VM_READY, session=name, boot_seconds=state.boot_seconds, accel=state.accel,
                 start_mode=state.start_mode,
@@ -508,7 +449,7 @@ class Session:
             console = sdir / CONSOLE_LOG_FILE
             if console.exists() and not isinstance(exc, KeyboardInterrupt):
                 paths.state.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(console, paths.state / "last-failed-console.log")
+                shutil.copyfile(console, paths.last_failed_console)
             for path in reversed(created):
                 shutil.rmtree(path, ignore_errors=True)
             raise
@@ -621,6 +562,7 @@ def open_session(
     progress: Progress | None = None,
     backend: VMBackend | None = None,
     changes_default: str = "direct",
+    egress_overrides: dict[str, Any] | None = None,
 ) -> Session:
     """A session configured by the effective policy, kept current while it runs.
 
@@ -630,7 +572,8 @@ def open_session(
 
     The workspace is checked first; its own config is read only if the user trusts it.
     The VM's settings come from the policy at start; egress grants are read from the
-    policy in force at each request (hot reload).
+    policy in force at each request (hot reload). ``egress_overrides`` sets the test-only
+    fields of :class:`EgressSettings` (resolver, address check, upstream CA, secrets).
     """
     from cowork.host.policy import PolicyWatcher
     from cowork.host.trust import TrustStore
@@ -647,43 +590,13 @@ def open_session(
             settings=VMSettings.from_policy(policy, changes_default),
             backend=backend,
             progress=progress,
-            egress=EgressSettings.from_policy(lambda: watcher.current),
+            egress=EgressSettings.from_policy(lambda: watcher.current, **(egress_overrides or {})),
         )
     except BaseException:
         watcher.stop()
         raise
     sess.policy_watcher = watcher
     return sess
-
-
-def load_state(paths: Paths, name: str) -> SessionState:
-    path = paths.session_dir(name) / SESSION_STATE_FILE
-    try:
-        obj = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UsageError(f"there is no cowork VM named {name!r}; see `cowork vm list`") from None
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"the state of VM {name!r} in {path} is unreadable: {exc}") from exc
-    return SessionState(**obj)
-
-
-def iter_states(paths: Paths) -> Iterator[SessionState]:
-    if not paths.sessions.is_dir():
-        return
-    for sdir in sorted(paths.sessions.iterdir()):
-        if (sdir / SESSION_STATE_FILE).is_file():
-            try:
-                yield load_state(paths, sdir.name)
-            except UsageError as exc:
-                log.warning("%s", exc)
-
-
-def find_for_workspace(paths: Paths, workspace: Path) -> SessionState | None:
-    resolved = str(workspace.expanduser().resolve())
-    for state in iter_states(paths):
-        if state.workspace == resolved:
-            return state
-    return None
 
 
 def _watch_monitor(

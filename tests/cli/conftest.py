@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,6 +29,9 @@ class CLI:
             ("XDG_STATE_HOME", "state"),
         ):
             self.env[var] = str(root / sub)
+        # A short private runtime folder: the cowork service's socket lives there.
+        self.runtime = Path(tempfile.mkdtemp(prefix="cwc", dir="/tmp"))
+        self.env["XDG_RUNTIME_DIR"] = str(self.runtime)
         self.env["PYTHONPATH"] = str(REPO)
         if "XDG_CACHE_HOME" not in self.env:
             self.env["XDG_CACHE_HOME"] = str(Path.home() / ".cache")
@@ -49,5 +55,11 @@ class CLI:
 
 
 @pytest.fixture
-def cli(tmp_path: Path) -> CLI:
-    return CLI(tmp_path / "home")
+def cli(tmp_path: Path) -> Iterator[CLI]:
+    c = CLI(tmp_path / "home")
+    try:
+        yield c
+    finally:
+        if (c.runtime / "cowork" / "daemon.sock").exists():
+            c("daemon", "stop", timeout=120)
+        shutil.rmtree(c.runtime, ignore_errors=True)

@@ -29,6 +29,7 @@ def run_task(
     assessor: Assessor | None = None,
     transcript: Transcript | None = None,
     hooks_trusted: bool = False,
+    changes_staged: bool = False,
     root: str = WORKSPACE_MOUNT,
     state_dir: str = "/tmp/cowork-agent",
     on_text: Callable[[str], None] = lambda _t: None,
@@ -36,9 +37,15 @@ def run_task(
 ) -> RunSummary:
     """Run ``task`` to its end. ``mode`` (a flag) overrides the policy's approval mode if the
     administrator allows it (UsageError otherwise). ``hooks_trusted`` is True only for a
-    workspace the person trusted: then its PreToolUse/PostToolUse hooks run in the guest."""
+    workspace the person trusted: then its PreToolUse/PostToolUse hooks run in the guest.
+    ``changes_staged`` is True when the session's changes wait for review (staged mode):
+    auto mode then runs reversible work confined to the folder without asking."""
     approval_mode = settings.resolve_mode(mode)
-    gate = Approvals(approval_mode, assessor or RuleAssessor(egress_check=egress_check))
+    gate = Approvals(
+        approval_mode,
+        assessor or RuleAssessor(egress_check=egress_check),
+        changes_staged=changes_staged,
+    )
     tools = GuestTools(
         runner,
         root=root,
