@@ -1,0 +1,123 @@
+"""Picking a folder: native dialog, recent folders, and the plain-language folder check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QListWidget,
+    QListWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from cowork.app import text as T
+from cowork.app.folders import RecentFolders
+from cowork.app.qt import button, label
+from cowork.app.service import FolderReport, Service
+from cowork.errors import CoworkError
+
+
+class FolderView(QWidget):
+    chosen = Signal(object)  # FolderReport of a usable folder
+
+    def __init__(
+        self, service: Service, recent: RecentFolders, parent: QWidget | None = None
+    ) -> None:
+        super().__init__(parent)
+        self.service = service
+        self.recent = recent
+        self.report: FolderReport | None = None
+        lay = QVBoxLayout(self)
+        lay.addWidget(label(T.PICK_TITLE, heading=True))
+        lay.addWidget(label(T.PICK_INTRO))
+        self.pick = button(T.PICK_BUTTON)
+        self.pick.clicked.connect(self.open_dialog)
+        row = QHBoxLayout()
+        row.addWidget(self.pick)
+        row.addStretch(1)
+        lay.addLayout(row)
+        lay.addWidget(label(T.RECENT, wrap=False))
+        self.recent_list = QListWidget()
+        self.recent_list.setAccessibleName(T.RECENT)
+        self.recent_list.setMaximumHeight(140)
+        self.recent_list.itemActivated.connect(lambda item: self.check(Path(item.text())))
+        lay.addWidget(self.recent_list)
+        self.verdict = label("", "folder verdict", heading=True)
+        self.where = label("", "real location")
+        self.size_line = label("", "folder size")
+        self.warnings = label("", "folder warnings")
+        self.warnings.setStyleSheet("color: #8a5300;")
+        self.refusal = label("", "why the folder cannot be used")
+        self.refusal.setStyleSheet("color: #b00020;")
+        for w in (self.verdict, self.refusal, self.where, self.size_line, self.warnings):
+            lay.addWidget(w)
+        self.use = button(T.USE_FOLDER)
+        self.use.setEnabled(False)
+        self.use.clicked.connect(self.confirm)
+        row2 = QHBoxLayout()
+        row2.addStretch(1)
+        row2.addWidget(self.use)
+        lay.addLayout(row2)
+        lay.addStretch(1)
+        self.refresh_recent()
+
+    def refresh_recent(self) -> None:
+        self.recent_list.clear()
+        for p in self.recent.load():
+            item = QListWidgetItem(str(p))
+            item.setData(0x0100, str(p))
+            self.recent_list.addItem(item)
+
+    def open_dialog(self) -> None:
+        chosen = QFileDialog.getExistingDirectory(self, T.PICK_BUTTON, str(Path.home()))
+        if chosen:
+            self.check(Path(chosen))
+
+    def check(self, folder: Path) -> FolderReport:
+        report = self.service.check_folder(folder)
+        self.show_report(report)
+        return report
+
+    def show_report(self, report: FolderReport) -> None:
+        self.report = report
+        self.use.setEnabled(report.usable)
+        if not report.usable:
+            self.verdict.setText(T.FOLDER_REFUSED)
+            self.refusal.setText(report.refusal or "")
+            for w in (self.where, self.size_line, self.warnings):
+                w.setText("")
+            return
+        assert report.real_path is not None
+        self.verdict.setText(T.FOLDER_OK)
+        self.refusal.setText("")
+        self.where.setText(T.REAL_PATH.format(path=report.real_path))
+        line = T.SIZE_LINE if report.counted_all else T.SIZE_LINE_PARTIAL
+        self.size_line.setText(line.format(files=report.file_count, size=T.size(report.size_bytes)))
+        self.warnings.setText(
+            "\n\n".join("⚠ " + T.warning_text(w, report.real_path.name) for w in report.warnings)
+        )
+
+    def confirm(self) -> None:
+        """Checks again at the moment of use: a folder that vanished since is caught here."""
+        if self.report is None:
+            return
+        try:
+            report = self.service.check_folder(self.report.given)
+        except CoworkError as exc:
+            self.refusal.setText(str(exc))
+            return
+        if not report.usable:
+            if not report.given.exists():
+                report = FolderReport(
+                    report.given, None, T.FOLDER_VANISHED.format(path=report.given)
+                )
+            self.show_report(report)
+            return
+        assert report.real_path is not None
+        self.recent.add(report.real_path)
+        self.refresh_recent()
+        self.chosen.emit(report)
