@@ -37,6 +37,8 @@ class SettingsView(QWidget):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.table.verticalHeader().hide()
+        self.table.horizontalHeader().setAccessibleName(T.tr("Column headings"))
+        self.table.verticalHeader().setAccessibleName(T.tr("Row numbers"))
         self.table.currentCellChanged.connect(lambda *_: self._update_edit())
         lay.addWidget(self.table, 1)
         self.message = label("", "settings message")

@@ -1,0 +1,45 @@
+import pytest
+
+pytest.importorskip("PySide6")
+
+from cowork.app import text as T
+from cowork.app.settingsview import SettingsView
+
+
+@pytest.fixture
+def view(qtbot, fake):
+    v = SettingsView(fake)
+    qtbot.addWidget(v)
+    v.resize(900, 600)
+    v.show()
+    v.load()
+    return v
+
+
+def test_layers_and_locks_are_shown_beside_each_value(view, screenshot_dir):
+    t = view.table
+    rows = {t.item(i, 0).text(): (t.item(i, 1).text(), t.item(i, 2).text())
+            for i in range(t.rowCount())}  # fmt: skip
+    assert rows["vm.memory_mb"] == ("2048", T.LAYER["default"])
+    assert rows["agent.model"][1] == T.LAYER["user"]
+    assert rows["egress.allow_web"][1] == f"🔒 {T.LOCKED}"
+    assert T.LOCKED == "Set by your organisation"
+    view.grab().save(str(screenshot_dir / "settings.png"))
+
+
+def test_locked_values_cannot_be_edited(view, fake):
+    view.table.setCurrentCell(2, 0)
+    assert not view.edit.isEnabled()
+    view.edit_current("true")
+    assert fake.settings == {}
+    assert view.message.text() == T.LOCKED
+
+
+def test_own_values_are_editable_and_apply_to_new_tasks(view, fake):
+    view.table.setCurrentCell(0, 0)
+    assert view.edit.isEnabled()
+    view.edit_current("4096")
+    assert fake.settings == {"vm.memory_mb": "4096"}
+    assert view.table.item(0, 1).text() == "4096"
+    assert view.table.item(0, 2).text() == T.LAYER["user"]
+    assert "new tasks" in view.message.text()
