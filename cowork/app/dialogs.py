@@ -84,6 +84,7 @@ class ApprovalDialog(QDialog):
         self.setAccessibleName(T.APPROVAL_TITLE)
         self.setAttribute(Qt.WidgetAttribute.WA_ShowWithoutActivating, True)
         self.setWindowModality(Qt.WindowModality.NonModal)
+        self.setMinimumWidth(520)
         lay = QVBoxLayout(self)
         lay.addWidget(label(T.APPROVAL_TITLE, heading=True))
         self.action = label(approval.action, "action to approve")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
+    QLabel,
     QListWidget,
     QListWidgetItem,
     QVBoxLayout,
@@ -44,7 +45,7 @@ class FolderView(QWidget):
         self.recent_list = QListWidget()
         self.recent_list.setAccessibleName(T.RECENT)
         self.recent_list.setMaximumHeight(140)
-        self.recent_list.itemActivated.connect(lambda item: self.check(Path(item.text())))
+        self.recent_list.itemActivated.connect(self._recent_chosen)
         lay.addWidget(self.recent_list)
         self.verdict = label("", "folder verdict", heading=True)
         self.where = label("", "real location")
@@ -55,6 +56,7 @@ class FolderView(QWidget):
         self.refusal.setStyleSheet("color: #b00020;")
         for w in (self.verdict, self.refusal, self.where, self.size_line, self.warnings):
             lay.addWidget(w)
+            w.hide()
         self.use = button(T.USE_FOLDER)
         self.use.setEnabled(False)
         self.use.clicked.connect(self.confirm)
@@ -67,10 +69,21 @@ class FolderView(QWidget):
 
     def refresh_recent(self) -> None:
         self.recent_list.clear()
-        for p in self.recent.load():
-            item = QListWidgetItem(str(p))
-            item.setData(0x0100, str(p))
-            self.recent_list.addItem(item)
+        folders = self.recent.load()
+        for p in folders:
+            self.recent_list.addItem(QListWidgetItem(str(p)))
+        if not folders:
+            hint = QListWidgetItem(T.NO_RECENT)
+            hint.setFlags(Qt.ItemFlag.NoItemFlags)
+            self.recent_list.addItem(hint)
+
+    def _recent_chosen(self, item: QListWidgetItem) -> None:
+        if item.flags() & Qt.ItemFlag.ItemIsEnabled:
+            self.check(Path(item.text()))
+
+    def _set(self, widget: QLabel, text: str) -> None:
+        widget.setText(text)
+        widget.setVisible(bool(text))
 
     def open_dialog(self) -> None:
         chosen = QFileDialog.getExistingDirectory(self, T.PICK_BUTTON, str(Path.home()))
@@ -86,19 +99,24 @@ class FolderView(QWidget):
         self.report = report
         self.use.setEnabled(report.usable)
         if not report.usable:
-            self.verdict.setText(T.FOLDER_REFUSED)
-            self.refusal.setText(report.refusal or "")
+            self._set(self.verdict, "✘ " + T.FOLDER_REFUSED)
+            self.verdict.setStyleSheet("color: #b00020;")
+            self._set(self.refusal, report.refusal or "")
             for w in (self.where, self.size_line, self.warnings):
-                w.setText("")
+                self._set(w, "")
             return
         assert report.real_path is not None
-        self.verdict.setText(T.FOLDER_OK)
-        self.refusal.setText("")
-        self.where.setText(T.REAL_PATH.format(path=report.real_path))
+        self._set(self.verdict, "✔ " + T.FOLDER_OK)
+        self.verdict.setStyleSheet("color: #1b5e20;")
+        self._set(self.refusal, "")
+        self._set(self.where, T.REAL_PATH.format(path=report.real_path))
         line = T.SIZE_LINE if report.counted_all else T.SIZE_LINE_PARTIAL
-        self.size_line.setText(line.format(files=report.file_count, size=T.size(report.size_bytes)))
-        self.warnings.setText(
-            "\n\n".join("⚠ " + T.warning_text(w, report.real_path.name) for w in report.warnings)
+        self._set(
+            self.size_line, line.format(files=report.file_count, size=T.size(report.size_bytes))
+        )
+        self._set(
+            self.warnings,
+            "\n\n".join("⚠ " + T.warning_text(w, report.real_path.name) for w in report.warnings),
         )
 
     def confirm(self) -> None:
@@ -108,7 +126,7 @@ class FolderView(QWidget):
         try:
             report = self.service.check_folder(self.report.given)
         except CoworkError as exc:
-            self.refusal.setText(str(exc))
+            self._set(self.refusal, str(exc))
             return
         if not report.usable:
             if not report.given.exists():

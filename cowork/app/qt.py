@@ -141,3 +141,24 @@ def label(text: str = "", name: str | None = None, *, wrap: bool = True, heading
         font.setBold(True)
         lab.setFont(font)
     return lab
+
+
+def lock_icon(size: int = 32, colour: str = "#6d4c00") -> QIcon:
+    """A padlock drawn in code (no emoji font is needed)."""
+    pix = QPixmap(size, size)
+    pix.fill(Qt.GlobalColor.transparent)
+    p = QPainter(pix)
+    p.setRenderHint(QPainter.RenderHint.Antialiasing)
+    pen = p.pen()
+    pen.setColor(QColor(colour))
+    pen.setWidthF(size / 10)
+    p.setPen(pen)
+    p.setBrush(Qt.BrushStyle.NoBrush)
+    p.drawArc(QRectF(size * 0.28, size * 0.1, size * 0.44, size * 0.5), 0, 180 * 16)
+    p.drawLine(QPointF(size * 0.28, size * 0.35), QPointF(size * 0.28, size * 0.45))
+    p.drawLine(QPointF(size * 0.72, size * 0.35), QPointF(size * 0.72, size * 0.45))
+    p.setPen(Qt.PenStyle.NoPen)
+    p.setBrush(QColor(colour))
+    p.drawRoundedRect(QRectF(size * 0.18, size * 0.45, size * 0.64, size * 0.45), 3, 3)
+    p.end()
+    return QIcon(pix)

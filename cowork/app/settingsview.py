@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (
 )
 
 from cowork.app import text as T
-from cowork.app.qt import button, label
+from cowork.app.qt import button, label, lock_icon
 from cowork.app.service import EffectivePolicy, Service
 from cowork.errors import CoworkError
 
@@ -60,12 +60,14 @@ class SettingsView(QWidget):
         self.table.setRowCount(len(rows))
         for i, r in enumerate(rows):
             who = T.LAYER.get(r.layer, r.layer)
-            cells = [r.key, r.value, f"🔒 {T.LOCKED}" if r.locked else who]
+            cells = [r.key, r.value, T.LOCKED if r.locked else who]
             for j, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 if r.locked:
                     item.setForeground(QBrush(QColor("#6d4c00")))
                     item.setToolTip(T.LOCKED)
+                    if j == 2:
+                        item.setIcon(lock_icon())
                 self.table.setItem(i, j, item)
         notes = list(self.policy.problems) + list(self.policy.notes)
         self.message.setText("\n".join(notes))

@@ -77,6 +77,7 @@ PICK_INTRO = tr(
 )
 PICK_BUTTON = tr("Choose a folder…")
 RECENT = tr("Recent folders")
+NO_RECENT = tr("Folders you use will be listed here.")
 USE_FOLDER = tr("Use this folder")
 FOLDER_REFUSED = tr("This folder cannot be used")
 FOLDER_OK = tr("This folder can be used")
@@ -244,7 +245,7 @@ def duration(seconds: float) -> str:
         return tr("{s} s").format(s=s)
     m, s = divmod(s, 60)
     if m < 60:
-        return tr("{m} min {s} s").format(m=m, s=s)
+        return tr("{m} min {s} s").format(m=m, s=s) if s else tr("{m} min").format(m=m)
     h, m = divmod(m, 60)
     return tr("{h} h {m} min").format(h=h, m=m)
 

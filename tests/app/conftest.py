@@ -27,3 +27,16 @@ def fake():
     from cowork.app.service import FakeService
 
     return FakeService()
+
+
+@pytest.fixture
+def shot(screenshot_dir: Path, qtbot):
+    """Save a real rendering of a widget as ``NAME.png`` once its layout has settled."""
+
+    def save(widget, name: str) -> Path:
+        qtbot.wait(20)
+        path = screenshot_dir / f"{name}.png"
+        assert widget.grab().save(str(path))
+        return path
+
+    return save

@@ -17,7 +17,7 @@ def approval(session="s1", call="c1", timeout=300.0):
                     "Deleting cannot be undone.", 0.0, timeout)  # fmt: skip
 
 
-def test_trust_dialog_lists_items_and_defaults_to_dont_trust(qtbot, screenshot_dir):
+def test_trust_dialog_lists_items_and_defaults_to_dont_trust(qtbot, shot):
     info = TrustInfo(
         Path("/w/project"),
         TrustState.UNTRUSTED,
@@ -32,7 +32,7 @@ def test_trust_dialog_lists_items_and_defaults_to_dont_trust(qtbot, screenshot_d
     assert d.items.count() == 2
     assert d.items.item(0).text().startswith("Runs automatically (.claude/settings.json)")
     assert d.no.isDefault() and not d.yes.isDefault() and not d.yes.autoDefault()
-    d.grab().save(str(screenshot_dir / "trust-dialog.png"))
+    shot(d, "trust-dialog")
     qtbot.keyClick(d, Qt.Key.Key_Escape)
     assert d.result() == TrustDialog.DialogCode.Rejected
 
@@ -53,7 +53,7 @@ def test_problems_block_trusting(qtbot):
     assert not d.yes.isEnabled()
 
 
-def test_keystroke_in_flight_is_not_an_answer_and_default_is_dont_allow(qtbot, screenshot_dir):
+def test_keystroke_in_flight_is_not_an_answer_and_default_is_dont_allow(qtbot, shot):
     d = ApprovalDialog(approval(), arm_ms=200)
     qtbot.addWidget(d)
     answers = []
@@ -63,7 +63,7 @@ def test_keystroke_in_flight_is_not_an_answer_and_default_is_dont_allow(qtbot, s
     qtbot.keyClick(d.allow, Qt.Key.Key_Space)
     assert answers == [] and not d.armed
     qtbot.waitUntil(lambda: d.armed, timeout=3000)
-    d.grab().save(str(screenshot_dir / "approval.png"))
+    shot(d, "approval")
     assert d.deny.isDefault() and not d.allow.autoDefault()
     qtbot.keyClick(d, Qt.Key.Key_Return)
     assert answers == [False]

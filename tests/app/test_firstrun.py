@@ -42,7 +42,7 @@ def test_key_is_masked_stored_once_and_never_shown_again(view, fake, qtbot):
     assert view.continue_button.isEnabled()
 
 
-def test_rejected_key_gives_a_clear_message_and_loses_nothing(view, fake, qtbot, screenshot_dir):
+def test_rejected_key_gives_a_clear_message_and_loses_nothing(view, fake, qtbot, shot):
     fake.reject_keys.add("sk-ant-typo")
     qtbot.keyClicks(view.key_panel.field, "sk-ant-typo")
     view.key_panel.save.click()
@@ -50,7 +50,7 @@ def test_rejected_key_gives_a_clear_message_and_loses_nothing(view, fake, qtbot,
     assert "refused this key" in view.key_panel.status.text()
     assert view.key_panel.field.text() == "sk-ant-typo"  # still there to correct
     assert view.key_panel.isVisible()
-    view.grab().save(str(screenshot_dir / "first-run-key-rejected.png"))
+    shot(view, "first-run-key-rejected")
 
 
 def test_empty_key_is_not_sent(view, fake):
@@ -65,7 +65,7 @@ def test_demo_model_is_labelled_and_counts_as_ready(view, fake):
     assert view.all_ok
 
 
-def test_image_build_shows_real_progress_then_rechecks(view, fake, qtbot, screenshot_dir):
+def test_image_build_shows_real_progress_then_rechecks(view, fake, qtbot, shot):
     fake.checks[CheckId.IMAGE] = False
     seen = []
     view.recheck()
@@ -78,7 +78,7 @@ def test_image_build_shows_real_progress_then_rechecks(view, fake, qtbot, screen
     assert seen[-1] == 100 and sorted(seen) == seen and len(seen) >= 3
     assert "Step 3 of 3" in view.build_line.text() and "elapsed" in view.build_line.text()
     assert view.rows[CheckId.IMAGE][1].text().startswith("✔")
-    view.grab().save(str(screenshot_dir / "first-run-build.png"))
+    shot(view, "first-run-build")
 
 
 def test_failed_build_says_why(view, fake, qtbot):

@@ -30,15 +30,15 @@ def work(tmp_path) -> Path:
     return w
 
 
-def test_pick_through_the_native_dialog_shows_the_check(view, work, monkeypatch, screenshot_dir):
+def test_pick_through_the_native_dialog_shows_the_check(view, work, monkeypatch, shot):
     monkeypatch.setattr(QFileDialog, "getExistingDirectory", lambda *a, **k: str(work))
     view.pick.click()
-    assert view.verdict.text() == T.FOLDER_OK
+    assert view.verdict.text() == "✔ " + T.FOLDER_OK
     assert view.where.text() == T.REAL_PATH.format(path=work.resolve())
     assert view.size_line.text() == "2 files, 15 bytes in total"
     assert ".env" in view.warnings.text() and "passwords or keys" in view.warnings.text()
     assert view.use.isEnabled()
-    view.grab().save(str(screenshot_dir / "folder-check.png"))
+    shot(view, "folder-check")
 
 
 def test_cancelled_dialog_changes_nothing(view, monkeypatch):
@@ -47,15 +47,18 @@ def test_cancelled_dialog_changes_nothing(view, monkeypatch):
     assert view.report is None and not view.use.isEnabled()
 
 
-def test_refused_folder_is_explained_and_cannot_be_used(view, screenshot_dir):
+def test_refused_folder_is_explained_and_cannot_be_used(view, shot):
     view.check(Path.home())
-    assert view.verdict.text() == T.FOLDER_REFUSED
+    assert view.verdict.text() == "✘ " + T.FOLDER_REFUSED
     assert "home folder" in view.refusal.text()
     assert not view.use.isEnabled()
-    view.grab().save(str(screenshot_dir / "folder-refused.png"))
+    shot(view, "folder-refused")
 
 
 def test_use_adds_to_recent_and_recent_picks_again(view, work, qtbot, tmp_path):
+    assert view.recent_list.item(0).text() == T.NO_RECENT
+    view.recent_list.itemActivated.emit(view.recent_list.item(0))
+    assert view.report is None
     view.check(work)
     with qtbot.waitSignal(view.chosen) as got:
         view.use.click()
@@ -75,6 +78,6 @@ def test_folder_that_vanishes_after_picking_is_caught_on_use(view, work, qtbot):
     shutil.rmtree(work)
     with qtbot.assertNotEmitted(view.chosen):
         view.use.click()
-    assert view.verdict.text() == T.FOLDER_REFUSED
+    assert view.verdict.text() == "✘ " + T.FOLDER_REFUSED
     assert "no longer there" in view.refusal.text() and str(work) in view.refusal.text()
     assert not view.use.isEnabled()

@@ -30,13 +30,13 @@ def view(qtbot, fake, tmp_path):
     return v
 
 
-def test_summary_list_and_readable_preview(view, screenshot_dir):
+def test_summary_list_and_readable_preview(view, shot):
     assert view.summary.text() == "3 edited, 2 added, 1 deleted"
     assert view.files.count() == 6
     assert all(view.files.item(i).checkState() == Qt.CheckState.Checked for i in range(6))
     html = view.preview.toHtml()
     assert "report.md" in html and "10" in html and "12" in html
-    view.grab().save(str(screenshot_dir / "review.png"))
+    shot(view, "review")
     view.files.setCurrentRow(2)
     assert "not text" in view.preview.toPlainText()
 

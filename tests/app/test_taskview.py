@@ -49,19 +49,19 @@ def test_empty_task_is_not_started(view, fake):
     assert view.message.text() == T.TASK_EMPTY and fake.started == []
 
 
-def test_boot_progress_with_elapsed_time(view, fake, qtbot, clock, screenshot_dir):
+def test_boot_progress_with_elapsed_time(view, fake, qtbot, clock, shot):
     sid = start(view, qtbot)
     assert fake.started[0][1] == "Summarise the invoices"
     clock.now += 7
     view.tick()
     assert view.boot.isVisible() and view.boot_line.text() == T.BOOTING.format(time="7 s")
     assert view.state_label.text().endswith(T.STATE_LABEL[SessionState.STARTING])
-    view.grab().save(str(screenshot_dir / "task-booting.png"))
+    shot(view, "task-booting")
     fake.emit(Kind.VM_READY, sid, boot_seconds=7.0)
     assert not view.boot.isVisible()
 
 
-def test_live_timeline_icons_details_and_refusals(view, fake, qtbot, clock, screenshot_dir):
+def test_live_timeline_icons_details_and_refusals(view, fake, qtbot, clock, shot):
     sid = start(view, qtbot)
     clock.now += 12
     fake.emit(Kind.VM_READY, sid, boot_seconds=12.0)
@@ -93,10 +93,10 @@ def test_live_timeline_icons_details_and_refusals(view, fake, qtbot, clock, scre
     assert len(icons) == view.list.count()  # each kind, and the refusal, look different
     view.tick()
     assert view.clock_label.text() == "Elapsed 17 s · last activity 5 s ago"
-    view.grab().save(str(screenshot_dir / "task-timeline.png"))
+    shot(view, "task-timeline")
 
 
-def test_states_look_different(view, fake, qtbot, clock, screenshot_dir):
+def test_states_look_different(view, fake, qtbot, clock, shot):
     sid = start(view, qtbot)
     fake.emit(Kind.VM_READY, sid)
     styles = {}
@@ -105,7 +105,7 @@ def test_states_look_different(view, fake, qtbot, clock, screenshot_dir):
     view.tick()
     assert T.STATE_LABEL[SessionState.STALLED] in view.state_label.text()
     styles["stalled"] = view.state_label.styleSheet()
-    view.grab().save(str(screenshot_dir / "task-stalled.png"))
+    shot(view, "task-stalled")
     fake.emit(Kind.APPROVAL_ASKED, sid, call_id="c1", action="Delete a.txt", reason="r")
     styles["waiting"] = view.state_label.styleSheet()
     assert T.STATE_LABEL[SessionState.WAITING] in view.state_label.text()

@@ -6,6 +6,7 @@ def test_duration_reads_naturally():
     assert T.duration(0) == "0 s"
     assert T.duration(59.4) == "59 s"
     assert T.duration(65) == "1 min 5 s"
+    assert T.duration(300) == "5 min"
     assert T.duration(3 * 3600 + 120) == "3 h 2 min"
     assert T.duration(-3) == "0 s"
 

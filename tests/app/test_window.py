@@ -70,7 +70,7 @@ def _note():
     return Notification("approval", "t", "b")
 
 
-def test_whole_flow_with_approval_and_review(win, fake, work, qtbot, screenshot_dir):
+def test_whole_flow_with_approval_and_review(win, fake, work, qtbot, shot):
     assert win.tabs.currentWidget() is win.folder
     fake.next_changes = (
         FileChange("march.txt", ChangeKind.EDITED, "total 10", "total 12"),
@@ -95,8 +95,8 @@ def test_whole_flow_with_approval_and_review(win, fake, work, qtbot, screenshot_
         and str(work.resolve()) in dialog.findChildren(type(win.banner))[2].text()
     )
     qtbot.waitUntil(lambda: dialog.armed)
-    win.grab().save(str(screenshot_dir / "window-waiting.png"))
-    dialog.grab().save(str(screenshot_dir / "window-approval.png"))
+    shot(win, "window-waiting")
+    shot(dialog, "window-approval")
     dialog.allow.click()
     assert fake.answers == [(sid, "c1", True)]
     assert win.approvals.pending == []
@@ -122,7 +122,7 @@ def test_folder_without_configuration_gets_no_dialog(win, work):
     assert win.asked == []
 
 
-def test_daemon_dies_then_comes_back(win, fake, work, qtbot, screenshot_dir):
+def test_daemon_dies_then_comes_back(win, fake, work, qtbot, shot):
     sid = fake.start_task(work, "t")
     fake.emit(Kind.APPROVAL_ASKED, sid, call_id="c9", action="Send the report", reason="r")
     pump(qtbot)
@@ -130,7 +130,7 @@ def test_daemon_dies_then_comes_back(win, fake, work, qtbot, screenshot_dir):
     win.poll()
     assert win.banner.isVisible() and win.banner.text() == T.DISCONNECTED
     assert win.tray.look is TrayLook.ERROR
-    win.grab().save(str(screenshot_dir / "window-disconnected.png"))
+    shot(win, "window-disconnected")
     win.approvals.current.deny.click()  # answering while it is down: still a clear message
     assert win.banner.isVisible()
     win.poll()
