@@ -35,6 +35,11 @@ CONSOLE_LOG_FILE = "console.log"
 CHANNEL_SOCKET_FILE = "channel.sock"
 CLIENT_KEY_FILE = "client_key"
 WORKSPACE_CLAUDE_DIR = ".claude"
+DAEMON_SOCKET_FILE = "daemon.sock"
+DAEMON_DIR = "daemon"
+DAEMON_LOCK_FILE = "daemon.lock"
+DAEMON_LOG_FILE = "daemon.log"
+DAEMON_RECORDS_DIR = "sessions"
 WORKSPACE_CONFIG_FILES = (
     ".claude/settings.json",
     ".claude/settings.local.json",
@@ -130,6 +135,30 @@ class Paths:
     def session_runtime(self, name: str) -> Path:
         """Short directory for the session's unix sockets."""
         return self.runtime / name
+
+    # --- the per-user service (coworkd) -------------------------------------------
+    @property
+    def daemon_socket(self) -> Path:
+        """The service's Unix socket (0600, in the user's runtime directory)."""
+        return self.runtime / DAEMON_SOCKET_FILE
+
+    @property
+    def daemon_state(self) -> Path:
+        """The service's own files: its lock, its log and its records of sessions."""
+        return self.state / DAEMON_DIR
+
+    @property
+    def daemon_lock(self) -> Path:
+        return self.daemon_state / DAEMON_LOCK_FILE
+
+    @property
+    def daemon_log(self) -> Path:
+        return self.daemon_state / DAEMON_LOG_FILE
+
+    @property
+    def daemon_records(self) -> Path:
+        """One record per session the service owns; reconciled with libvirt on start."""
+        return self.daemon_state / DAEMON_RECORDS_DIR
 
 
 def default_paths() -> Paths:

@@ -27,12 +27,3 @@ def test_summary_line_and_exit_status():
     stopped = RunSummary(StopReason.INTERRUPTED, turns=1, ran=0, asked=0, refused=0)
     assert run_cli.exit_status(stopped) == 130
     assert "Ctrl-C" in run_cli.summary_line(stopped)
-
-
-def test_without_a_key_the_demo_model_is_used_and_labelled(monkeypatch):
-    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
-    monkeypatch.setattr(run_cli, "_keychain", lambda: None)
-    out = io.StringIO()
-    with run_cli.model_for(run_cli.AgentSettings(), demo=False, out=out) as (_model, used):
-        assert used.base_url and used.base_url.startswith("http://127.0.0.1:")
-    assert "demo model" in out.getvalue()

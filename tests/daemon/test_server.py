@@ -1,0 +1,225 @@
+"""The service over its real socket, with fake sessions: requests, events, approvals, faults
+of input, and the peer check."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import socket
+import threading
+import time
+
+import pytest
+
+from cowork.daemon import protocol as p
+from cowork.daemon.client import DaemonError
+
+
+def wait_for(cond, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_socket_is_private(service):
+    st = os.stat(service.paths.daemon_socket)
+    assert st.st_mode & 0o777 == 0o600
+    assert os.stat(service.paths.runtime).st_mode & 0o777 == 0o700
+
+
+def test_session_requests_round_trip(service):
+    with service.client() as c:
+        assert c.call(p.ListSessions()).sessions == []
+        up = c.call(p.VmUp(workspace=str(service.workspace)))
+        assert up.started and up.session.state == "running" and up.session.kept
+        again = c.call(p.VmUp(workspace=str(service.workspace)))
+        assert not again.started and again.session.name == up.session.name
+        name = up.session.name
+        assert [s.name for s in c.call(p.ListSessions()).sessions] == [name]
+        assert c.call(p.VmStatus(name=name)).session.workspace == str(service.workspace)
+        pol = c.call(p.PolicyView(session=name))
+        assert pol.policy["agent"]["approval_mode"]
+        info = c.call(p.DaemonStatus())
+        assert info.pid == os.getpid() and info.rss_kib > 0 and len(info.sessions) == 1
+        # The service recorded the session before its VM was defined.
+        assert (service.paths.daemon_records / f"{name}.json").is_file()
+        c.call(p.VmDown(name=name))
+        assert service.opened[0].closed
+        assert not (service.paths.daemon_records / f"{name}.json").exists()
+        with pytest.raises(DaemonError) as err:
+            c.call(p.VmStatus(name=name))
+        assert err.value.code == "not_found"
+
+
+def test_exec_streams_output_and_removes_a_session_it_booted(service):
+    out, err = [], []
+    with service.client() as c:
+        res = c.exec(
+            p.Exec(
+                workspace=str(service.workspace), command="cat notes.txt; echo oops >&2; exit 3"
+            ),
+            on_stdout=out.append,
+            on_stderr=err.append,
+        )
+        assert res.exit_code == 3
+        assert b"".join(out) == b"first line\n" and b"".join(err) == b"oops\n"
+        assert c.call(p.ListSessions()).sessions == []
+    assert service.opened[0].closed
+
+
+def test_bad_input_is_refused_and_the_service_keeps_serving(service):
+    with service.client() as bad, service.client() as good:
+        for line in [b"garbage\n", b'{"v": 1, "type": "vm.up", "id": 9}\n',
+                     b"y" * (p.MAX_LINE + 10) + b"\n"]:  # fmt: skip
+            bad.send_raw(line)
+        # The same connection still answers a good request after the bad ones.
+        assert bad.call(p.ListSessions()).sessions == []
+        assert good.call(p.ListSessions()).sessions == []
+
+    # Error replies carry codes (read raw, since the client drops replies nobody waits for).
+    sock = socket.socket(socket.AF_UNIX)
+    sock.connect(str(service.paths.daemon_socket))
+    f = sock.makefile("rwb")
+    f.write(b"garbage\n" + b"z" * (p.MAX_LINE + 5) + b"\n" + p.ListSessions(id=3).to_line())
+    f.flush()
+    replies = [p.parse_incoming(f.readline()) for _ in range(3)]
+    sock.close()
+    assert [getattr(r, "code", r.type) for r in replies] == ["bad_line", "too_long", "sessions"]
+
+
+def test_two_faces_see_the_same_events_and_an_approval_answered_by_either(service):
+    seen: dict[str, list[p.Event]] = {"a": [], "b": []}
+    with service.client() as task_face, service.client() as a, service.client() as b:
+        a.subscribe(None, seen["a"].append)
+
+        def answer_from_b(ev: p.Event) -> None:
+            seen["b"].append(ev)
+            if isinstance(ev, p.ApprovalAsked):
+                threading.Thread(
+                    target=lambda: b.call(p.AnswerApproval(approval=ev.approval, allow=True))
+                ).start()
+
+        b.subscribe(None, answer_from_b)
+        asked_on_task_face: list[str] = []
+        release = threading.Event()
+
+        def slow_terminal(ev: p.ApprovalAsked) -> bool:
+            asked_on_task_face.append(ev.approval)
+            release.wait(10)  # the person at the terminal has not answered yet
+            return False
+
+        task_events: list[p.Event] = []
+        result = task_face.run_task(
+            p.RunTask(workspace=str(service.workspace), task="summarise", mode="ask"),
+            on_event=task_events.append,
+            on_approval=slow_terminal,
+        )
+        release.set()
+        assert result.reason == "completed", result
+        assert result.asked >= 1 and result.ran >= 1
+        assert (service.workspace / "cowork-demo-notes.md").is_file()
+        answered = [e for e in task_events if isinstance(e, p.ApprovalAnswered)]
+        assert answered and all(e.allow and e.by.startswith("face-") for e in answered)
+        assert len(asked_on_task_face) == len(answered)
+        # Every face saw the same numbered sequence.
+        assert wait_for(lambda: len(seen["a"]) == len(seen["b"]) and seen["a"])
+        assert [e.seq for e in seen["a"]] == [e.seq for e in seen["b"]]
+        assert [e.model_dump() for e in seen["a"]] == [e.model_dump() for e in seen["b"]]
+        kinds = [e.type for e in seen["a"]]
+        assert "approval.asked" in kinds and "approval.answered" in kinds
+        assert "task.finished" in kinds and "task.text" in kinds
+        # A late answer from the terminal is not accepted.
+        late = task_face.call(p.AnswerApproval(approval=answered[0].approval, allow=False))
+        assert not late.accepted
+
+
+def test_an_unanswered_approval_times_out_as_no(service):
+    service.daemon.approvals._timeout = 0.3
+    with service.client() as c:
+        result = c.run_task(
+            p.RunTask(workspace=str(service.workspace), task="summarise", mode="ask"),
+            on_event=lambda _e: None,
+            on_approval=lambda _e: (time.sleep(3), True)[1],
+        )
+    assert result.reason == "completed" and result.asked >= 1 and result.refused == result.asked
+    assert not (service.workspace / "cowork-demo-notes.md").exists()
+
+
+def test_stop_task_from_another_face(service):
+    with service.client() as task_face, service.client() as other:
+        holder: dict[str, p.TaskResult] = {}
+        asked = threading.Event()
+
+        def run() -> None:
+            holder["r"] = task_face.run_task(
+                p.RunTask(workspace=str(service.workspace), task="summarise", mode="ask"),
+                on_event=lambda _e: None,
+                on_approval=lambda _e: (asked.set(), time.sleep(30), True)[2],
+            )
+
+        t = threading.Thread(target=run)
+        t.start()
+        assert asked.wait(10)
+        [s] = other.call(p.ListSessions()).sessions
+        assert s.busy
+        other.call(p.StopTask(session=s.name))
+        t.join(10)
+        assert holder["r"].reason == "interrupted"
+        assert service.opened[0].closed
+
+
+def test_a_bad_mode_is_refused_before_anything_runs(service):
+    with service.client() as c, pytest.raises(DaemonError, match="unknown approval mode"):
+        c.run_task(
+            p.RunTask(workspace=str(service.workspace), task="x", mode="bogus"),
+            on_event=lambda _e: None,
+            on_approval=lambda _e: True,
+        )
+    assert service.opened[0].channel.commands == []
+
+
+def _connect_as(uid: int, gid: int, path: str) -> str:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: drop to the other user and try the socket
+        os.close(r)
+        msg = b"?"
+        try:
+            os.setgid(gid)
+            os.setuid(uid)
+            s = socket.socket(socket.AF_UNIX)
+            try:
+                s.settimeout(5)
+                s.connect(path)
+                s.sendall(p.ListSessions(id=1).to_line())
+                msg = s.makefile("rb").readline() or b"closed"
+            except OSError as exc:
+                msg = f"oserror {exc.errno}".encode()
+        finally:
+            os.write(w, msg)
+            os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    return data.decode()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as a second user")
+def test_a_client_of_another_uid_is_refused(service):
+    nobody = pwd.getpwnam("nobody")
+    path = str(service.paths.daemon_socket)
+    # The socket's mode keeps other users out...
+    assert _connect_as(nobody.pw_uid, nobody.pw_gid, path).startswith("oserror")
+    # ...and if its mode were ever loosened, the peer check still refuses them.
+    os.chmod(service.paths.runtime, 0o755)  # noqa: S103 - deliberately loosened
+    os.chmod(path, 0o666)  # noqa: S103 - deliberately loosened
+    reply = p.parse_incoming(_connect_as(nobody.pw_uid, nobody.pw_gid, path).encode())
+    assert isinstance(reply, p.ErrorReply) and reply.code == "refused"
+    with service.client() as c:  # the owner is still served
+        assert c.call(p.ListSessions()).sessions == []
