@@ -156,8 +156,19 @@ class FirstRunView(QWidget):
         elif cid is CheckId.MODEL_KEY:
             self.key_panel.show()
             self.key_panel.field.setFocus()
+        elif cid is CheckId.DAEMON:
+            in_background(
+                self, self.service.start_service, lambda _r: self.recheck(), self._start_failed
+            )
         else:
+            self.build_line.setText(T.LIBVIRT_HELP)
+            self.build_line.show()
             self.recheck()
+
+    def _start_failed(self, exc: BaseException) -> None:
+        self.recheck()
+        self.build_line.setText(str(exc))
+        self.build_line.show()
 
     def start_build(self) -> None:
         if self.building:

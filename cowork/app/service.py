@@ -194,6 +194,7 @@ class Service(Protocol):
 
     # readiness
     def readiness(self) -> list[ReadinessCheck]: ...
+    def start_service(self) -> None: ...
     def build_image(self, on_progress: ProgressFn) -> None: ...
     def set_api_key(self, key: str) -> None: ...
     def use_demo_model(self) -> None: ...
@@ -319,6 +320,9 @@ class FakeService:
                 ok = self.alive
             out.append(ReadinessCheck(cid, ok, "ready" if ok else "not ready"))
         return out
+
+    def start_service(self) -> None:
+        self.set_alive(True)
 
     def build_image(self, on_progress: ProgressFn) -> None:
         self._need()

@@ -44,6 +44,11 @@ CHECK_FIX = {
     CheckId.IMAGE: tr("Build the image"),
     CheckId.MODEL_KEY: tr("Enter a key…"),
 }
+LIBVIRT_HELP = tr(
+    "cowork needs the virtual machine service libvirt. Run cowork's installer again "
+    "(scripts/setup), or ask whoever manages this computer to install libvirt and QEMU; "
+    "then press Check again."
+)
 CHECK_OK = tr("Ready")
 CHECK_FAILED = tr("Needs attention")
 RECHECK = tr("Check again")

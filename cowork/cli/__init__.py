@@ -19,7 +19,16 @@ from cowork import __version__
 from cowork.errors import CoworkError
 
 #: Command-group modules under ``cowork.cli``, in the order they appear in ``--help``.
-COMMAND_MODULES: tuple[str, ...] = ("run", "vm", "image", "trust", "policy", "creds", "egress")
+COMMAND_MODULES: tuple[str, ...] = (
+    "run",
+    "vm",
+    "image",
+    "trust",
+    "policy",
+    "creds",
+    "egress",
+    "app",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

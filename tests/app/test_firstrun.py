@@ -98,3 +98,20 @@ def test_every_control_has_an_accessible_name(view):
         + view.findChildren(QProgressBar)
     ):
         assert w.accessibleName(), w
+
+
+def test_service_fix_starts_it_and_rechecks(view, fake, qtbot):
+    fake.set_alive(False)
+    view.recheck()
+    _name, state, fix = view.rows[CheckId.DAEMON]
+    assert fix.isVisible() and fix.text() == T.CHECK_FIX[CheckId.DAEMON]
+    fix.click()
+    qtbot.waitUntil(lambda: state.text().startswith("✔"), timeout=5000)
+    assert fake.alive and not fix.isVisible()
+
+
+def test_libvirt_fix_says_what_to_do(view, fake):
+    fake.checks[CheckId.LIBVIRT] = False
+    view.recheck()
+    view.rows[CheckId.LIBVIRT][2].click()
+    assert view.build_line.text() == T.LIBVIRT_HELP
