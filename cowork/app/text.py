@@ -227,6 +227,10 @@ DISCONNECTED = tr(
     "for review are safe."
 )
 RECONNECTED = tr("Connected again.")
+NOT_CONNECTED = tr(
+    "cowork's background service is not running, so no task can start. Use \u201cStart the "
+    "service\u201d in Setup. Your folders are not affected."
+)
 
 # tray
 TRAY_OPEN = tr("Open cowork")

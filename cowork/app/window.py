@@ -52,6 +52,7 @@ class MainWindow(QMainWindow):
         self.service = service
         self.clock = clock
         self.connected = True
+        self.ever_connected = False
         self.sessions: list[SessionInfo] = []
         self.notes: list[traymodel.Notification] = []
         self.trust_prompt = trust_prompt or (lambda d: d.exec() == TrustDialog.DialogCode.Accepted)
@@ -116,7 +117,12 @@ class MainWindow(QMainWindow):
         except CoworkError as exc:
             self._lost(exc)
             return False
-        if not self.connected:
+        first = not self.ever_connected
+        self.ever_connected = True
+        if not self.connected and first:
+            self.connected = True
+            self.banner.hide()
+        elif not self.connected:
             self.connected = True
             self.banner.setText(T.RECONNECTED)
             self.banner.setStyleSheet("background:#e3f1e3; color:#1b5e20; padding:8px;")
@@ -136,7 +142,7 @@ class MainWindow(QMainWindow):
             with contextlib.suppress(Exception):  # the connection is gone already
                 self._unsubscribe()
             self._unsubscribe = None
-        text = T.DISCONNECTED
+        text = T.DISCONNECTED if self.ever_connected else T.NOT_CONNECTED
         if not isinstance(exc, ServiceUnavailable):
             text += f"\n({exc})"
         self.banner.setText(text)

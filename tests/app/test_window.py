@@ -145,6 +145,19 @@ def test_daemon_dies_then_comes_back(win, fake, work, qtbot, shot):
     assert any(a.call_id == "c10" for a in win.approvals.pending)
 
 
+def test_service_not_running_at_start_is_not_called_stopped(qtbot, fake, tmp_path):
+    fake.set_alive(False)
+    w = MainWindow(fake, recent_file=tmp_path / "r.json", arm_ms=0)
+    qtbot.addWidget(w)
+    w.show()
+    w.start()
+    assert w.banner.isVisible() and w.banner.text() == T.NOT_CONNECTED
+    assert w.tabs.currentWidget() is w.firstrun
+    fake.set_alive(True)
+    w.poll()
+    assert w.connected and not w.banner.isVisible()
+
+
 def test_hidden_window_notifies_approval_differently_from_finished(win, fake, work, qtbot):
     sid = fake.start_task(work, "t")
     win.poll()
