@@ -242,6 +242,9 @@ class LocalParts:
     def untrust(self, folder: Path) -> None:
         self._store().untrust(folder)
 
+    def trusted_folders(self) -> list[Path]:
+        return sorted(r.workspace for r in self._store().records())
+
     # policy and settings
     def effective_policy(self, folder: Path | None = None) -> EffectivePolicy:
         from cowork.host.policy import load_effective

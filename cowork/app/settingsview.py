@@ -3,12 +3,17 @@ user's own values editable where the organisation did not lock them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from PySide6.QtCore import Qt
 from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
     QHeaderView,
     QInputDialog,
+    QListWidget,
+    QListWidgetItem,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -49,6 +54,19 @@ class SettingsView(QWidget):
         self.edit.clicked.connect(self.edit_current)
         row.addWidget(self.edit)
         lay.addLayout(row)
+        lay.addWidget(label(T.TRUSTED_FOLDERS, wrap=False))
+        self.trusted = QListWidget()
+        self.trusted.setAccessibleName(T.TRUSTED_FOLDERS)
+        self.trusted.setMaximumHeight(120)
+        self.trusted.currentRowChanged.connect(lambda _r: self._update_untrust())
+        lay.addWidget(self.trusted)
+        row2 = QHBoxLayout()
+        row2.addStretch(1)
+        self.untrust = button(T.UNTRUST, T.tr("Stop trusting the selected folder"))
+        self.untrust.clicked.connect(self.untrust_current)
+        row2.addWidget(self.untrust)
+        lay.addLayout(row2)
+        self.folders: list[Path] = []
 
     def load(self) -> None:
         try:
@@ -72,6 +90,38 @@ class SettingsView(QWidget):
         notes = list(self.policy.problems) + list(self.policy.notes)
         self.message.setText("\n".join(notes))
         self._update_edit()
+        self.load_trusted()
+
+    def load_trusted(self) -> None:
+        try:
+            self.folders = self.service.trusted_folders()
+        except CoworkError as exc:
+            self.message.setText(str(exc))
+            return
+        self.trusted.clear()
+        for folder in self.folders:
+            self.trusted.addItem(QListWidgetItem(str(folder)))
+        if not self.folders:
+            hint = QListWidgetItem(T.NO_TRUSTED)
+            hint.setFlags(Qt.ItemFlag.NoItemFlags)
+            self.trusted.addItem(hint)
+        self._update_untrust()
+
+    def _update_untrust(self) -> None:
+        self.untrust.setEnabled(0 <= self.trusted.currentRow() < len(self.folders))
+
+    def untrust_current(self) -> None:
+        row = self.trusted.currentRow()
+        if not 0 <= row < len(self.folders):
+            return
+        folder = self.folders[row]
+        try:
+            self.service.untrust(folder)
+        except CoworkError as exc:
+            self.message.setText(str(exc))
+            return
+        self.load_trusted()
+        self.message.setText(T.UNTRUSTED.format(path=folder))
 
     def current_row(self) -> int:
         return self.table.currentRow()

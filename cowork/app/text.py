@@ -219,6 +219,10 @@ LAYER = {
     "floor": tr("built in (always)"),
 }
 EDIT_SETTING = tr("Change…")
+TRUSTED_FOLDERS = tr("Folders whose own settings you trusted")
+NO_TRUSTED = tr("You have not trusted any folder's settings.")
+UNTRUST = tr("Stop trusting")
+UNTRUSTED = tr("No longer trusted: {path}. Its settings are ignored from the next task.")
 SAVE = tr("Save")
 
 # service connection

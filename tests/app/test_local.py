@@ -130,6 +130,7 @@ def test_trust_round_trip_with_the_real_store(parts, tmp_path):
     assert info.items[0].kind == "mcp-server" and "node d" in info.items[0].text
     parts.trust(work)
     assert parts.trust_info(work).state is TrustState.TRUSTED
+    assert parts.trusted_folders() == [work.resolve()]
     (work / ".mcp.json").write_text('{"mcpServers": {}}')
     assert parts.trust_info(work).state is TrustState.LAPSED
     parts.untrust(work)

@@ -44,3 +44,22 @@ def test_own_values_are_editable_and_apply_to_new_tasks(view, fake):
     assert view.table.item(0, 1).text() == "4096"
     assert view.table.item(0, 2).text() == T.LAYER["user"]
     assert "new tasks" in view.message.text()
+
+
+def test_trust_can_be_revoked_here(qtbot, fake, tmp_path):
+    fake.trusted = {tmp_path / "a", tmp_path / "b"}
+    v = SettingsView(fake)
+    qtbot.addWidget(v)
+    v.load()
+    assert [v.trusted.item(i).text() for i in range(2)] == [
+        str(tmp_path / "a"),
+        str(tmp_path / "b"),
+    ]
+    assert not v.untrust.isEnabled()
+    v.trusted.setCurrentRow(0)
+    v.untrust.click()
+    assert fake.trusted == {tmp_path / "b"}
+    assert str(tmp_path / "a") in v.message.text()
+    v.trusted.setCurrentRow(0)
+    v.untrust.click()
+    assert v.trusted.item(0).text() == T.NO_TRUSTED and not v.untrust.isEnabled()
