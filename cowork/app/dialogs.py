@@ -33,7 +33,7 @@ class TrustDialog(QDialog):
         if info.state is TrustState.LAPSED:
             lay.addWidget(label(T.TRUST_LAPSED))
         self.items = QListWidget()
-        self.items.setAccessibleName(T.tr("What trusting would switch on"))
+        self.items.setAccessibleName(T.A11Y_TRUST_ITEMS)
         self.items.setWordWrap(True)
         for item in info.items:
             kind = T.TRUST_KIND.get(item.kind, T.TRUST_KIND["setting"])

@@ -101,7 +101,7 @@ class FirstRunView(QWidget):
         self.grid.setColumnStretch(1, 1)
         self.build_note = label(T.IMAGE_SIZE_NOTE)
         self.progress = QProgressBar()
-        self.progress.setAccessibleName(T.tr("Image build progress"))
+        self.progress.setAccessibleName(T.A11Y_BUILD_PROGRESS)
         self.progress.setRange(0, 100)
         self.build_line = label("", "build step")
         for w in (self.build_note, self.progress, self.build_line):
@@ -195,7 +195,7 @@ class FirstRunView(QWidget):
     def _build_done(self, exc: BaseException | None) -> None:
         self.building = False
         if exc is not None:
-            self.build_line.setText(T.tr("The build failed: {why}").format(why=exc))
+            self.build_line.setText(T.BUILD_FAILED.format(why=exc))
         self.recheck()
 
 

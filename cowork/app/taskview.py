@@ -89,7 +89,7 @@ class TaskView(QWidget):
         row.addWidget(self.stop_button)
         lay.addLayout(row)
         self.boot = QProgressBar()
-        self.boot.setAccessibleName(T.tr("Starting the sealed machine"))
+        self.boot.setAccessibleName(T.A11Y_BOOT)
         self.boot.setRange(0, 0)  # busy: boot time is not predictable under emulation
         self.boot.setTextVisible(True)
         self.boot_line = label("", "machine start progress")
@@ -100,11 +100,11 @@ class TaskView(QWidget):
         self.message = label("", "task message")
         lay.addWidget(self.message)
         self.details = QCheckBox(T.DETAILS)
-        self.details.setAccessibleName(T.tr("Show commands and details"))
+        self.details.setAccessibleName(T.A11Y_DETAILS)
         self.details.toggled.connect(self._redraw)
         lay.addWidget(self.details)
         self.list = QListWidget()
-        self.list.setAccessibleName(T.tr("What the assistant did"))
+        self.list.setAccessibleName(T.A11Y_TIMELINE)
         self.list.setWordWrap(True)
         self.list.setAlternatingRowColors(True)
         lay.addWidget(self.list, 1)
@@ -114,7 +114,7 @@ class TaskView(QWidget):
 
     def set_folder(self, folder: Path) -> None:
         self.folder = folder
-        self.folder_line.setText(T.tr("Folder: {path}").format(path=folder))
+        self.folder_line.setText(T.FOLDER_LINE.format(path=folder))
 
     def start(self) -> str | None:
         task = self.task_box.toPlainText().strip()
@@ -122,7 +122,7 @@ class TaskView(QWidget):
             self.message.setText(T.TASK_EMPTY)
             return None
         if self.folder is None:
-            self.message.setText(T.tr("Pick a folder first."))
+            self.message.setText(T.PICK_FIRST)
             return None
         self.timeline = Timeline()
         self.timeline.started_at = self.clock()
@@ -198,7 +198,7 @@ class TaskView(QWidget):
         state = self.timeline.shown_state(now)
         self.state_label.setText(f"{STATE_MARK[state]} {T.STATE_LABEL[state]}")
         self.state_label.setStyleSheet(STATE_STYLE[state] + " padding: 4px; border-radius: 4px;")
-        self.state_label.setAccessibleName(T.tr("Task state: {s}").format(s=T.STATE_LABEL[state]))
+        self.state_label.setAccessibleName(T.A11Y_TASK_STATE.format(s=T.STATE_LABEL[state]))
         started = self.timeline.started_at or now
         last = self.timeline.last_activity or now
         self.clock_label.setText(

@@ -51,7 +51,7 @@ def tool_kind(tool: str) -> EntryKind:
 def one_sentence(reason: Any) -> str:
     text = " ".join(str(reason or "").split())
     if not text:
-        return T.tr("cowork's rules do not allow this.")
+        return T.RULES_DO_NOT_ALLOW
     end = text.find(". ")
     return text if end < 0 else text[: end + 1]
 
@@ -94,7 +94,7 @@ class Timeline:
                 self.state = SessionState.WORKING
                 self.vm_ready_at = event.time
                 secs = f.get("boot_seconds")
-                txt = T.tr("The sealed machine is ready")
+                txt = T.VM_READY
                 if isinstance(secs, int | float):
                     txt += f" ({T.duration(float(secs))})"
                 return self._add(Entry(EntryKind.SYSTEM, txt, event.time))
@@ -118,7 +118,7 @@ class Timeline:
                 cmd = str(f.get("command", ""))
                 last = self._last(EntryKind.COMMAND, open_only="details")
                 if last is None:
-                    last = self._add(Entry(EntryKind.COMMAND, T.tr("Ran a command"), event.time))
+                    last = self._add(Entry(EntryKind.COMMAND, T.RAN_A_COMMAND, event.time))
                 last.details = cmd
                 return last
             case Kind.COMMAND_FINISHED:
@@ -146,7 +146,7 @@ class Timeline:
                 return self._add(entry)
             case Kind.APPROVAL_ASKED:
                 self.state = SessionState.WAITING
-                words = T.tr("Asked you: {action}").format(action=f.get("action", ""))
+                words = T.ASKED_YOU.format(action=f.get("action", ""))
                 return self._add(Entry(EntryKind.ASK, words, event.time))
             case Kind.APPROVAL_ANSWERED:
                 self.state = SessionState.WORKING

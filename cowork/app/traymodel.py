@@ -51,7 +51,7 @@ def tooltip(sessions: Sequence[SessionInfo], pending: int, connected: bool = Tru
     running = [s for s in sessions if s.state in RUNNING]
     if not running and not pending:
         return T.TRAY_IDLE
-    parts = [T.tr("{n} running").format(n=len(running))]
+    parts = [T.TRAY_RUNNING.format(n=len(running))]
     if pending:
         parts.append(T.TRAY_PENDING.format(n=pending))
     return "cowork — " + ", ".join(parts)

@@ -66,7 +66,7 @@ class MainWindow(QMainWindow):
         self.banner.hide()
         lay.addWidget(self.banner)
         self.tabs = QTabWidget()
-        self.tabs.setAccessibleName(T.tr("cowork sections"))
+        self.tabs.setAccessibleName(T.A11Y_SECTIONS)
         lay.addWidget(self.tabs)
         self.setCentralWidget(central)
         self.firstrun = FirstRunView(service)
