@@ -219,8 +219,11 @@ class MainWindow(QMainWindow):
         self.task.task_box.setFocus()
 
     def task_finished(self, session: str) -> None:
+        self.review.changes = None
         self.review.load(session)
-        if self.review.changes is not None and self.review.changes.files:
+        if self.review.changes is None:  # the service could not say what changed: say why
+            self.task.message.setText(self.review.result.text())
+        elif self.review.changes.files:
             self.tabs.setCurrentWidget(self.review)
 
     # --- tray -----------------------------------------------------------------------------

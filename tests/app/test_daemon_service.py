@@ -245,3 +245,4 @@ def test_the_window_runs_a_task_through_the_service(env, qtbot, tmp_path, shot):
     assert (env.ws / "cowork-demo-notes.md").is_file()
     shot(win, "service-task-finished")
     assert "staged changes" in win.review.result.text()
+    assert "directly in the folder" in win.task.message.text()

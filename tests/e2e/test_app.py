@@ -40,10 +40,10 @@ def screens(tmp_path_factory) -> Path:
 def service(image_ready, tmp_path) -> Iterator[tuple[DaemonService, Path]]:
     paths = make_paths(tmp_path / "cowork")
     ws = make_workspace(tmp_path, "sample")
-    for item in SAMPLE.iterdir():
-        shutil.copy2(item, ws / item.name)
-        if os.getuid() == 0:
-            os.chown(ws / item.name, *ROOT_RUN_WORKSPACE_OWNER)
+    shutil.copytree(SAMPLE, ws, dirs_exist_ok=True)
+    if os.getuid() == 0:
+        for path in [ws, *ws.rglob("*")]:
+            os.chown(path, *ROOT_RUN_WORKSPACE_OWNER)
     daemon = Daemon(paths, approval_timeout_s=600.0)
     daemon.bind()
     thread = threading.Thread(target=daemon.serve_forever, daemon=True)
@@ -64,7 +64,7 @@ def test_pick_run_approve_in_the_app(service, qtbot, screens):
     from cowork.app.window import MainWindow
 
     svc, ws = service
-    before = {p.name: p.read_bytes() for p in ws.iterdir() if p.is_file()}
+    before = {p: p.read_bytes() for p in ws.rglob("*") if p.is_file()}
     win = MainWindow(svc, recent_file=ws.parent / "recent.json", arm_ms=500)
     qtbot.addWidget(win)
     win.show()
@@ -98,8 +98,8 @@ def test_pick_run_approve_in_the_app(service, qtbot, screens):
     assert any(t.startswith("The sealed machine is ready") for t in texts), texts
     notes = ws / "cowork-demo-notes.md"
     assert notes.is_file()
-    for name, data in before.items():  # the demo only adds its notes file
-        assert (ws / name).read_bytes() == data
+    for path, data in before.items():  # the demo only adds its notes file
+        assert path.read_bytes() == data
 
 
 def test_review_and_keep_a_selection_in_the_app():
