@@ -329,7 +329,7 @@ class FakeService:
         self._need()
         n = len(self.build_steps)
         for i, step in enumerate(self.build_steps, 1):
-            on_progress(BuildProgress(step, i, n, 100.0 * (i - 1) / n, float(i), float(n - i)))
+            on_progress(BuildProgress(step, i, n, 100.0 * (i - 1) / n, float(i), float(n - i + 1)))
         on_progress(BuildProgress("Done", n, n, 100.0, float(n), 0.0))
         self.checks[CheckId.IMAGE] = True
 

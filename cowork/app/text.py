@@ -311,7 +311,9 @@ def warning_text(w: FolderWarning, folder_name: str = "") -> str:
 
 
 def build_line(step: str, n: int, total: int, elapsed: float, remaining: float | None) -> str:
-    left = tr("about {t} left").format(t=duration(remaining)) if remaining is not None else ""
+    if remaining is not None and remaining <= 0 and n >= total:
+        return tr("Finished in {elapsed}").format(elapsed=duration(elapsed))
+    left = tr("about {t} left").format(t=duration(remaining)) if remaining else ""
     line = tr("Step {n} of {total}: {step} — {elapsed} elapsed").format(
         n=n, total=total, step=step, elapsed=duration(elapsed)
     )

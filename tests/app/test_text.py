@@ -41,6 +41,7 @@ def test_build_line_has_step_elapsed_and_time_left():
     line = T.build_line("Install the system", 2, 3, 65, 30)
     assert line == "Step 2 of 3: Install the system — 1 min 5 s elapsed, about 30 s left"
     assert "left" not in T.build_line("x", 1, 3, 1, None)
+    assert T.build_line("done", 3, 3, 95, 0) == "Finished in 1 min 35 s"
 
 
 def test_change_kinds_and_states_all_have_words():
