@@ -101,7 +101,8 @@ class FolderView(QWidget):
         if not report.usable:
             self._set(self.verdict, "✘ " + T.FOLDER_REFUSED)
             self.verdict.setStyleSheet("color: #b00020;")
-            self._set(self.refusal, report.refusal or "")
+            text = report.refusal or ""
+            self._set(self.refusal, text[:1].upper() + text[1:])
             for w in (self.where, self.size_line, self.warnings):
                 self._set(w, "")
             return
