@@ -197,6 +197,7 @@ class TaskView(QWidget):
         now = self.clock()
         state = self.timeline.shown_state(now)
         self.state_label.setText(f"{STATE_MARK[state]} {T.STATE_LABEL[state]}")
+        self.state_label.setMinimumWidth(self.state_label.sizeHint().width())
         self.state_label.setStyleSheet(STATE_STYLE[state] + " padding: 4px; border-radius: 4px;")
         self.state_label.setAccessibleName(T.A11Y_TASK_STATE.format(s=T.STATE_LABEL[state]))
         started = self.timeline.started_at or now

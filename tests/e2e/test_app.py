@@ -92,6 +92,7 @@ def test_pick_run_approve_in_the_app(service, qtbot, screens):
             timeout=600_000,
         )
     assert answered >= 1
+    qtbot.wait(100)  # let the layout settle before the picture
     win.grab().save(str(screens / "e2e-finished.png"))
     texts = [win.task.list.item(i).text() for i in range(win.task.list.count())]
     assert texts[-1] == "The assistant has finished.", texts
