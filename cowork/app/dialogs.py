@@ -100,6 +100,7 @@ class ApprovalDialog(QDialog):
             T.APPROVAL_QUEUE.format(n=waiting_behind) if waiting_behind else "", "queue"
         )
         lay.addWidget(self.queue)
+        self.queue.setVisible(bool(waiting_behind))
         row = QHBoxLayout()
         row.addStretch(1)
         self.allow = button(T.ALLOW)
@@ -199,6 +200,7 @@ class ApprovalQueue(QObject):
         if self.current is not None:
             behind = len(self.pending) - 1
             self.current.queue.setText(T.APPROVAL_QUEUE.format(n=behind) if behind else "")
+            self.current.queue.setVisible(bool(behind))
         self.changed.emit(len(self.pending))
 
     def _show_next(self) -> None:
