@@ -1,0 +1,248 @@
+"""The app's adapter against the real cowork service in a thread, over its real socket and
+protocol, with sessions that run commands locally instead of in a VM (as in
+tests/daemon/conftest.py). The demo model drives real tasks through it."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from cowork.app.daemon_service import NO_STAGED, DaemonService
+from cowork.app.service import CheckId, ServiceUnavailable, SessionState
+from cowork.daemon.server import Daemon
+from cowork.errors import UsageError
+from cowork.host.channel_fake import FakeChannel
+from cowork.host.events import Event, EventBus, Kind
+from cowork.host.policy.effective import build
+from cowork.host.secrets import KeyringSecrets, MemoryKeyring
+from cowork.host.trust import TrustStore
+from cowork.paths import Paths
+
+
+class LocalSession:
+    count = 0
+
+    def __init__(self, workspace: Path, paths: Paths, events: EventBus) -> None:
+        LocalSession.count += 1
+        self.name = f"local-{LocalSession.count}"
+        self.workspace = workspace
+        self.paths = paths
+        self.events = events
+        self.gateway = None
+        self.channel = FakeChannel(workspace)
+        trust = TrustStore(paths.trust_store)
+        self.policy = build(paths, workspace, trust)
+        self.policy_watcher = SimpleNamespace(trust=trust, current=self.policy)
+        self.state = SimpleNamespace(accel="tcg", boot_seconds=0.1)
+        self.backend = SimpleNamespace(
+            status=lambda n: SimpleNamespace(state=SimpleNamespace(value="running"))
+        )
+        events.emit(Kind.VM_CREATING, name=self.name)
+        events.emit(Kind.VM_READY, session=self.name, boot_seconds=0.1, accel="tcg")
+
+    def close(self) -> None:
+        pass
+
+
+class Running:
+    def __init__(self, paths: Paths, ws: Path) -> None:
+        self.paths = paths
+        self.ws = ws
+        self.daemon: Daemon | None = None
+        self.thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        ws = self.ws
+
+        def opener(workspace: Path, *, paths: Paths, events: EventBus, progress: Any):
+            progress("starting")
+            return LocalSession(workspace, paths, events)
+
+        self.daemon = Daemon(
+            self.paths,
+            opener=opener,
+            approval_timeout_s=20.0,
+            task_overrides={"key_source": lambda: None, "guest_root": str(ws)},
+        )
+        self.daemon.bind()
+        self.thread = threading.Thread(target=self.daemon.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self.daemon is not None:
+            self.daemon.stop()
+            assert self.thread is not None
+            self.thread.join(timeout=10)
+            self.daemon = None
+
+
+@pytest.fixture
+def env(tmp_path):
+    run = Path(tempfile.mkdtemp(prefix="cwa", dir="/tmp"))
+    paths = replace(Paths.under(tmp_path / "cw"), runtime=run)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "notes.txt").write_text("first line\n")
+    running = Running(paths, ws)
+    running.start()
+    svc = DaemonService(
+        paths,
+        KeyringSecrets(backend=MemoryKeyring()),
+        spawn=running.start,
+        libvirt_check=lambda: None,
+        image_find=lambda p: None,
+    )
+    svc.use_demo_model()
+    yield SimpleNamespace(svc=svc, running=running, ws=ws, paths=paths)
+    svc.close()
+    running.stop()
+    shutil.rmtree(run, ignore_errors=True)
+
+
+def wait_for(cond, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_readiness_names_the_service(env):
+    checks = {c.id: c for c in env.svc.readiness()}
+    assert checks[CheckId.DAEMON].ok and checks[CheckId.MODEL_KEY].ok
+    env.running.stop()
+    checks = {c.id: c for c in env.svc.readiness()}
+    assert not checks[CheckId.DAEMON].ok
+    assert "not running" in checks[CheckId.DAEMON].detail
+
+
+def test_a_task_with_one_approval_allowed(env):
+    svc = env.svc
+    svc.task_mode = "ask"
+    events: list[Event] = []
+
+    def on_event(ev: Event) -> None:
+        events.append(ev)
+        if ev.kind is Kind.APPROVAL_ASKED:
+            threading.Thread(
+                target=svc.answer_approval, args=(ev.session, ev.fields["call_id"], True)
+            ).start()
+
+    svc.subscribe(on_event)
+    sid = svc.start_task(env.ws.resolve(), "summarise")
+    assert wait_for(lambda: any(e.kind is Kind.SESSION_ENDED for e in events))
+    mine = [e for e in events if e.session == sid]
+    kinds = [e.kind for e in mine]
+    assert kinds[0] is Kind.SESSION_STARTED and kinds[-1] is Kind.SESSION_ENDED
+    assert Kind.APPROVAL_ASKED in kinds and Kind.APPROVAL_ANSWERED in kinds
+    assert Kind.ACTION_DECIDED in kinds and Kind.AGENT_FINISHED in kinds
+    asked = next(e for e in mine if e.kind is Kind.APPROVAL_ASKED)
+    assert asked.fields["action"] and asked.fields["reason"]
+    assert kinds.count(Kind.APPROVAL_ASKED) == kinds.count(Kind.APPROVAL_ANSWERED)
+    assert (env.ws / "cowork-demo-notes.md").is_file()
+    (info,) = [s for s in svc.sessions() if s.id == sid]
+    assert info.state is SessionState.FINISHED and info.folder == env.ws.resolve()
+    assert svc.pending_approvals() == []
+
+
+def test_stop_a_waiting_task(env):
+    svc = env.svc
+    svc.task_mode = "ask"
+    events: list[Event] = []
+    svc.subscribe(events.append)
+    sid = svc.start_task(env.ws.resolve(), "summarise")
+    assert wait_for(lambda: svc.pending_approvals())
+    assert svc.pending_approvals()[0].session == sid
+    assert [s.state for s in svc.sessions() if s.id == sid] == [SessionState.WAITING]
+    assert svc.stop_task(sid) == "direct"
+    assert wait_for(lambda: any(e.kind is Kind.SESSION_ENDED for e in events))
+    assert svc.pending_approvals() == []
+    assert not (env.ws / "cowork-demo-notes.md").exists()
+
+
+def test_service_dies_and_comes_back(env):
+    svc = env.svc
+    svc.subscribe(lambda e: None)
+    assert svc.sessions() == []
+    env.running.stop()
+    assert wait_for(lambda: svc._client is None or svc._client.closed, 10)
+    with pytest.raises(ServiceUnavailable, match="not running"):
+        svc.sessions()
+    with pytest.raises(ServiceUnavailable):
+        svc.start_task(env.ws, "x")
+    svc.start_service()  # the Setup fix: starts it and waits until it answers
+    assert svc.sessions() == []
+    events: list[Event] = []
+    svc.subscribe(events.append)
+    sid = svc.start_task(env.ws.resolve(), "summarise")
+    assert wait_for(lambda: any(e.kind is Kind.SESSION_ENDED and e.session == sid
+                                for e in events))  # fmt: skip
+
+
+def test_staged_changes_are_refused_clearly(env):
+    with pytest.raises(UsageError, match="staged changes"):
+        env.svc.change_set("t1")
+    assert "directly in the folder" in NO_STAGED
+
+
+def test_tool_kinds_from_the_library_wording():
+    from cowork.app.daemon_service import tool_from_description
+    from cowork.host.agent.tools import ToolCall, describe
+
+    for tool, given in [
+        ("read_file", {"path": "a"}),
+        ("list_files", {}),
+        ("grep", {"pattern": "x"}),
+        ("write_file", {"path": "a", "content": "x"}),
+        ("edit_file", {"path": "a", "old_string": "x", "new_string": "y"}),
+        ("bash", {"command": "ls"}),
+    ]:
+        assert tool_from_description(describe(ToolCall("id", tool, given))) == tool
+    assert tool_from_description("Something new") == "other"
+
+
+def test_the_window_runs_a_task_through_the_service(env, qtbot, tmp_path, shot):
+    pytest.importorskip("PySide6")
+    from cowork.app.window import MainWindow
+
+    env.svc.task_mode = "ask"
+    win = MainWindow(env.svc, recent_file=tmp_path / "recent.json", arm_ms=0)
+    qtbot.addWidget(win)
+    win.show()
+    win.start()
+    assert win.tabs.currentWidget() is win.folder
+    win.folder.check(env.ws)
+    win.folder.use.click()
+    qtbot.keyClicks(win.task.task_box, "Summarise the notes")
+    win.task.start_button.click()
+    qtbot.waitUntil(lambda: win.approvals.current is not None, timeout=20000)
+    dialog = win.approvals.current
+    qtbot.waitUntil(lambda: dialog.armed)
+    shot(win, "service-task-waiting")
+    dialog.allow.click()
+    while True:  # the demo may ask more than once: allow each
+        qtbot.waitUntil(
+            lambda: win.approvals.current is not None or not win.task.stop_button.isEnabled(),
+            timeout=20000,
+        )
+        if win.approvals.current is None:
+            break
+        current = win.approvals.current
+        qtbot.waitUntil(lambda c=current: c.armed)
+        current.allow.click()
+    texts = [win.task.list.item(i).text() for i in range(win.task.list.count())]
+    assert any(t.startswith("Asked you:") and t.endswith("Allow") for t in texts)
+    assert texts[-1] == "The assistant has finished."
+    assert (env.ws / "cowork-demo-notes.md").is_file()
+    shot(win, "service-task-finished")
+    assert "staged changes" in win.review.result.text()
+    assert "directly in the folder" in win.task.message.text()
