@@ -159,6 +159,78 @@ class DaemonInfo(Reply):
     sessions: list[SessionInfo] = Field(default_factory=list)
 
 
+class ChangeEntry(BaseModel):
+    """One change of a staged set, as a person reviews it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str
+    kind: str  # added, modified, deleted, mode, renamed
+    type: str  # file, dir, symlink
+    size: int = 0
+    old_size: int | None = None
+    renamed_from: str | None = None
+    description: str = ""
+    conflict: str | None = None  # why the folder's copy changed since the session started
+    preview: str = ""  # a unified diff for a text file, else a short description
+    is_diff: bool = False  # ``preview`` is a diff
+
+
+class ChangeRefusal(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str
+    reason: str
+
+
+class ChangeSetInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    session: str
+    workspace: str
+    state: str  # pending, applied, discarded
+    created_at: float
+    summary: str  # "edited 3 files, added 2" (of what is still pending)
+    pending: int = 0
+    applied: list[str] = Field(default_factory=list)
+    refused: list[ChangeRefusal] = Field(default_factory=list)
+
+
+@reply
+class ChangeSets(Reply):
+    type: Literal["changes.sets"] = "changes.sets"
+    sets: list[ChangeSetInfo] = Field(default_factory=list)
+    undo: list[str] = Field(default_factory=list)  # applies that can be undone, latest last
+
+
+@reply
+class ChangeSetReply(Reply):
+    """A page of a set's pending changes: ask again from ``next_offset`` until it is None."""
+
+    type: Literal["changes.set"] = "changes.set"
+    set: ChangeSetInfo
+    entries: list[ChangeEntry] = Field(default_factory=list)
+    total: int = 0
+    next_offset: int | None = None
+
+
+@reply
+class ChangesApplied(Reply):
+    type: Literal["changes.applied"] = "changes.applied"
+    record: str  # the undo record ("" when nothing was written)
+    applied: list[str] = Field(default_factory=list)
+    conflicts: list[ChangeEntry] = Field(default_factory=list)  # left alone (not overwritten)
+    refused: list[ChangeRefusal] = Field(default_factory=list)
+
+
+@reply
+class ChangesUndone(Reply):
+    type: Literal["changes.undone"] = "changes.undone"
+    record: str
+    restored: list[str] = Field(default_factory=list)
+    refused: list[ChangeRefusal] = Field(default_factory=list)  # changed since: not restored
+
+
 # --- requests -------------------------------------------------------------------------------
 
 
@@ -304,6 +376,57 @@ class Shutdown(Request):
     """Stop the service: running tasks are stopped and every session it owns is removed."""
 
     type: Literal["daemon.stop"] = "daemon.stop"
+
+
+@request
+class ListChanges(Request):
+    """Staged change sets (of one session, or all with ``session`` None) and the applies
+    that can be undone."""
+
+    type: Literal["changes.list"] = "changes.list"
+    answer: ClassVar[builtins.type[Reply]] = ChangeSets
+    session: str | None = None
+    pending_only: bool = False
+
+
+@request
+class ShowChanges(Request):
+    """The pending changes of a session's set, with a preview of each (paged)."""
+
+    type: Literal["changes.show"] = "changes.show"
+    answer: ClassVar[builtins.type[Reply]] = ChangeSetReply
+    session: str
+    offset: int = Field(default=0, ge=0)
+    previews: bool = True
+
+
+@request
+class ApplyChanges(Request):
+    """Keep changes in the folder: all pending ones, or the listed ``paths``. A file changed
+    in the folder since the session started is left alone unless ``overwrite``."""
+
+    type: Literal["changes.apply"] = "changes.apply"
+    answer: ClassVar[builtins.type[Reply]] = ChangesApplied
+    session: str
+    paths: list[str] | None = None
+    overwrite: bool = False
+
+
+@request
+class DiscardChanges(Request):
+    """Forget a session's staged changes; the folder is not touched."""
+
+    type: Literal["changes.discard"] = "changes.discard"
+    session: str
+
+
+@request
+class UndoChanges(Request):
+    """Put back what an apply replaced or removed (default: the latest apply)."""
+
+    type: Literal["changes.undo"] = "changes.undo"
+    answer: ClassVar[builtins.type[Reply]] = ChangesUndone
+    record: str | None = None
 
 
 # --- events ---------------------------------------------------------------------------------

@@ -970,6 +970,168 @@ def _shutdown(d: Daemon, conn: Conn, req: p.Shutdown) -> p.Reply:
     return p.Ok()
 
 
+# --- staged changes (the host library does the work; these only translate) ---------------
+
+#: Roughly how many bytes of entries one ``changes.set`` reply carries (under MAX_LINE).
+CHANGES_PAGE_BYTES = p.MAX_LINE // 2
+#: The longest preview sent for one file; a longer diff is cut with a note.
+MAX_PREVIEW_CHARS = 64 * 1024
+_changes_lock = threading.Lock()  # one apply/discard/undo at a time within the service
+
+
+def _set_info(cs: Any) -> p.ChangeSetInfo:
+    from cowork.host import changes
+
+    return p.ChangeSetInfo(
+        session=cs.session,
+        workspace=cs.workspace,
+        state=cs.state,
+        created_at=cs.created_at,
+        summary=changes.summary(cs.pending()),
+        pending=len(cs.pending()),
+        applied=list(cs.applied),
+        refused=[p.ChangeRefusal(path=r.path, reason=r.reason) for r in cs.refused],
+    )
+
+
+def _entry(c: Any, preview: str = "", is_diff: bool = False) -> p.ChangeEntry:
+    return p.ChangeEntry(
+        path=c.path,
+        kind=c.kind,
+        type=c.type,
+        size=c.size,
+        old_size=c.old_size,
+        renamed_from=c.renamed_from,
+        description=c.description,
+        conflict=c.conflict,
+        preview=preview,
+        is_diff=is_diff,
+    )
+
+
+def _load_set(d: Daemon, session: str) -> Any:
+    from cowork.host import changes
+
+    changes.recover(d.paths)
+    try:
+        return changes.show(d.paths, session)
+    except UsageError as exc:
+        raise p.ProtocolError("not_found", str(exc)) from None
+
+
+def _preview(d: Daemon, session: str, c: Any) -> tuple[str, bool]:
+    from cowork.host import changes
+
+    if c.type != "file" or c.kind not in ("added", "modified", "renamed"):
+        return c.description or c.kind, False
+    try:
+        text = changes.diff(d.paths, session, c)
+    except (OSError, CoworkError) as exc:
+        return f"{c.description or c.kind} (no preview: {exc})", False
+    is_diff = text.startswith("--- ")
+    if len(text) > MAX_PREVIEW_CHARS:
+        text = text[:MAX_PREVIEW_CHARS] + "\n… (the rest of the difference is not shown)\n"
+    return text, is_diff
+
+
+@handles(p.ListChanges)
+def _changes_list(d: Daemon, conn: Conn, req: p.ListChanges) -> p.Reply:
+    from cowork.host import changes
+
+    changes.recover(d.paths)
+    if req.session is not None:
+        sets = [_load_set(d, req.session)]
+        if req.pending_only:
+            sets = [cs for cs in sets if cs.state == "pending"]
+    else:
+        sets = changes.list_sets(d.paths, pending_only=req.pending_only)
+    return p.ChangeSets(sets=[_set_info(cs) for cs in sets], undo=changes.undo_records(d.paths))
+
+
+@handles(p.ShowChanges)
+def _changes_show(d: Daemon, conn: Conn, req: p.ShowChanges) -> p.Reply:
+    cs = _load_set(d, req.session)
+    pending = cs.pending()
+    entries: list[p.ChangeEntry] = []
+    used = 0
+    i = req.offset
+    while i < len(pending):
+        c = pending[i]
+        preview, is_diff = _preview(d, cs.session, c) if req.previews else ("", False)
+        entry = _entry(c, preview, is_diff)
+        size = len(entry.model_dump_json()) + 1
+        if entries and used + size > CHANGES_PAGE_BYTES:
+            break
+        entries.append(entry)
+        used += size
+        i += 1
+    return p.ChangeSetReply(
+        set=_set_info(cs),
+        entries=entries,
+        total=len(pending),
+        next_offset=i if i < len(pending) else None,
+    )
+
+
+def _undo_limits(d: Daemon) -> tuple[int, int]:
+    from cowork.host.policy import load_policy
+
+    ws = load_policy(d.paths).doc.workspace
+    return ws.undo_quota_mib, ws.undo_max_age_days
+
+
+@handles(p.ApplyChanges)
+def _changes_apply(d: Daemon, conn: Conn, req: p.ApplyChanges) -> p.Reply:
+    from cowork.host import changes
+
+    quota, age = _undo_limits(d)
+    with _changes_lock:
+        _load_set(d, req.session)
+        result = changes.apply(
+            d.paths,
+            req.session,
+            list(req.paths) if req.paths is not None else None,
+            overwrite=req.overwrite,
+            quota_mib=quota,
+            max_age_days=age,
+        )
+    return p.ChangesApplied(
+        record=result.record,
+        applied=list(result.applied),
+        conflicts=[_entry(c) for c in result.conflicts],
+        refused=[p.ChangeRefusal(path=r.path, reason=r.reason) for r in result.refused],
+    )
+
+
+@handles(p.DiscardChanges)
+def _changes_discard(d: Daemon, conn: Conn, req: p.DiscardChanges) -> p.Reply:
+    from cowork.host import changes
+
+    with _changes_lock:
+        _load_set(d, req.session)
+        changes.discard(d.paths, req.session)
+    return p.Ok()
+
+
+@handles(p.UndoChanges)
+def _changes_undo(d: Daemon, conn: Conn, req: p.UndoChanges) -> p.Reply:
+    from cowork.host import changes
+
+    with _changes_lock:
+        changes.recover(d.paths)
+        if req.record is not None and req.record not in changes.undo_records(d.paths):
+            raise p.ProtocolError(
+                "not_found",
+                f"there is no apply {req.record!r} that can be undone; see `cowork changes list`",
+            )
+        result = changes.undo(d.paths, req.record)
+    return p.ChangesUndone(
+        record=result.record,
+        restored=list(result.restored),
+        refused=[p.ChangeRefusal(path=r.path, reason=r.reason) for r in result.refused],
+    )
+
+
 def serve(paths: Paths, **kwargs: Any) -> None:
     """Run the service in this process until stopped (SIGTERM/SIGINT or ``daemon.stop``)."""
     daemon = Daemon(paths, **kwargs)

@@ -26,6 +26,11 @@ SAMPLES: dict[str, dict[str, object]] = {
     "policy.view": {"session": "n"},
     "daemon.status": {},
     "daemon.stop": {},
+    "changes.list": {"session": "n", "pending_only": True},
+    "changes.show": {"session": "n", "offset": 5, "previews": False},
+    "changes.apply": {"session": "n", "paths": ["a.txt", "d/b"], "overwrite": True},
+    "changes.discard": {"session": "n"},
+    "changes.undo": {"record": "r1"},
 }
 
 
@@ -40,6 +45,15 @@ def test_every_request_type_has_a_sample_and_round_trips():
 
 def test_replies_and_events_round_trip():
     info = p.SessionInfo(name="n", workspace="/w", state="running")
+    refusal = p.ChangeRefusal(path="../x", reason="outside the folder")
+    changes_info = p.ChangeSetInfo(
+        session="n", workspace="/w", state="pending", created_at=1.0, summary="added 1",
+        pending=1, applied=["b"], refused=[refusal],
+    )  # fmt: skip
+    entry = p.ChangeEntry(
+        path="a.txt", kind="modified", type="file", size=4, old_size=3,
+        conflict="changed on your side", preview="--- a/a.txt\n", is_diff=True,
+    )  # fmt: skip
     samples: list[p.Reply | p.Event] = [
         p.ErrorReply(id=1, code="failed", message="m"),
         p.Ok(id=2),
@@ -50,6 +64,10 @@ def test_replies_and_events_round_trip():
         p.ApprovalAnswerReply(id=7, accepted=True, allow=False),
         p.PolicyReply(id=8, session="n", policy={"a": 1}),
         p.DaemonInfo(id=9, pid=1, uptime_s=1.0, rss_kib=10, sessions=[info]),
+        p.ChangeSets(id=10, sets=[changes_info], undo=["r1"]),
+        p.ChangeSetReply(id=11, set=changes_info, entries=[entry], total=3, next_offset=1),
+        p.ChangesApplied(id=12, record="r1", applied=["a"], conflicts=[entry], refused=[refusal]),
+        p.ChangesUndone(id=13, record="r1", restored=["a"], refused=[refusal]),
         p.Notice(ref=1, seq=2, message="hi"),
         p.BusEvent(seq=3, kind="vm.ready", time=1.0, fields={"x": 1}),
         p.TaskText(ref=1, seq=4, session="n", text="t"),

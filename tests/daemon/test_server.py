@@ -246,3 +246,136 @@ def test_a_face_that_goes_away_stops_its_task(service):
     with service.client() as other:
         assert other.call(p.ListSessions()).sessions == []
     assert not (service.workspace / "cowork-demo-notes.md").exists()
+
+
+# --- staged changes ---------------------------------------------------------------------------
+
+
+def _stage(paths, ws, session="cowork-ws-1"):
+    """A stored change set made through the library, as the end of a staged task leaves it:
+    notes.txt edited, new.txt added, a binary file added."""
+    from cowork.host.changes import store
+    from tests.host.changes.test_gate import entry, stream
+
+    store.begin(paths, session, ws)
+    blob = bytes(range(256))
+    store.store_stream(
+        paths, session,
+        stream(
+            [entry(b"notes.txt", size=16), entry(b"new.txt", size=4),
+             entry(b"pic.bin", size=len(blob))],
+            [b"first line\nmore\n", b"new\n", blob],
+        ),
+        1 << 20,
+    )  # fmt: skip
+    return session
+
+
+def test_staged_changes_list_show_apply_undo(service):
+    ws = service.workspace
+    name = _stage(service.paths, ws)
+    with service.client() as c:
+        sets = c.call(p.ListChanges())
+        assert [s.session for s in sets.sets] == [name]
+        info = sets.sets[0]
+        assert info.state == "pending" and info.workspace == str(ws) and info.pending == 3
+        assert info.summary == "edited 1 file, added 2"
+        assert sets.undo == []
+        assert c.call(p.ListChanges(session=name)).sets[0].session == name
+
+        shown = c.call(p.ShowChanges(session=name))
+        assert shown.total == 3 and shown.next_offset is None
+        by = {e.path: e for e in shown.entries}
+        assert by["notes.txt"].kind == "modified" and by["notes.txt"].is_diff
+        assert "+more" in by["notes.txt"].preview
+        assert by["new.txt"].kind == "added" and "+new" in by["new.txt"].preview
+        assert not by["pic.bin"].is_diff and by["pic.bin"].preview
+        assert by["pic.bin"].size == 256 and by["notes.txt"].conflict is None
+
+        applied = c.call(p.ApplyChanges(session=name, paths=["new.txt"]))
+        assert applied.applied == ["new.txt"] and applied.record
+        assert (ws / "new.txt").read_text() == "new\n"
+        assert (ws / "notes.txt").read_text() == "first line\n"  # not selected: untouched
+        assert not (ws / "pic.bin").exists()
+        left = c.call(p.ShowChanges(session=name))
+        assert {e.path for e in left.entries} == {"notes.txt", "pic.bin"}
+        assert c.call(p.ListChanges()).undo == [applied.record]
+
+        undone = c.call(p.UndoChanges())
+        assert undone.record == applied.record and undone.restored == ["new.txt"]
+        assert undone.refused == []
+        assert not (ws / "new.txt").exists()
+        assert c.call(p.ShowChanges(session=name)).total == 3  # pending again
+
+
+def test_staged_changes_conflicts_need_overwrite_and_undo_refuses_changed_files(service):
+    ws = service.workspace
+    name = _stage(service.paths, ws)
+    (ws / "notes.txt").write_text("edited by the person meanwhile\n")
+    with service.client() as c:
+        entry = next(
+            e for e in c.call(p.ShowChanges(session=name)).entries if e.path == "notes.txt"
+        )
+        assert entry.conflict
+        kept = c.call(p.ApplyChanges(session=name, paths=["notes.txt", "new.txt"]))
+        assert kept.applied == ["new.txt"]
+        assert [e.path for e in kept.conflicts] == ["notes.txt"] and kept.conflicts[0].conflict
+        assert (ws / "notes.txt").read_text() == "edited by the person meanwhile\n"
+        forced = c.call(p.ApplyChanges(session=name, paths=["notes.txt"], overwrite=True))
+        assert forced.applied == ["notes.txt"]
+        assert (ws / "notes.txt").read_text() == "first line\nmore\n"
+        # new.txt changes after it was kept: undoing that apply refuses it, with the reason.
+        (ws / "new.txt").write_text("the person's own words\n")
+        undone = c.call(p.UndoChanges(record=kept.record))
+        assert undone.restored == [] and [r.path for r in undone.refused] == ["new.txt"]
+        assert (ws / "new.txt").read_text() == "the person's own words\n"
+
+
+def test_staged_changes_discard_leaves_the_folder_alone(service):
+    ws = service.workspace
+    name = _stage(service.paths, ws)
+    with service.client() as c:
+        c.call(p.DiscardChanges(session=name))
+        assert c.call(p.ListChanges()).sets[0].state == "discarded"
+        assert c.call(p.ListChanges(pending_only=True)).sets == []
+        with pytest.raises(DaemonError) as err:
+            c.call(p.ApplyChanges(session=name))
+        assert err.value.code == "failed" and "already discarded" in str(err.value)
+    assert sorted(x.name for x in ws.iterdir()) == ["notes.txt"]
+    assert (ws / "notes.txt").read_text() == "first line\n"
+
+
+def test_staged_changes_bad_requests_are_clear_errors(service):
+    with service.client() as c:
+        for req in (
+            p.ShowChanges(session="nope"),
+            p.ApplyChanges(session="nope"),
+            p.DiscardChanges(session="nope"),
+            p.ListChanges(session="nope"),
+            p.UndoChanges(record="nope"),
+        ):
+            with pytest.raises(DaemonError) as err:
+                c.call(req)
+            assert err.value.code == "not_found" and "nope" in str(err.value)
+        with pytest.raises(DaemonError) as err:
+            c.call(p.ShowChanges(session="../etc"))
+        assert err.value.code in ("bad_request", "not_found") and "../etc" in str(err.value)
+        with pytest.raises(DaemonError) as err:
+            c.call(p.UndoChanges())
+        assert err.value.code == "failed" and "nothing to undo" in str(err.value)
+        # The service keeps serving after each error.
+        assert c.call(p.ListChanges()).sets == []
+
+
+def test_a_large_change_set_is_shown_in_pages_under_the_line_limit(service, monkeypatch):
+    from cowork.daemon import server
+
+    monkeypatch.setattr(server, "CHANGES_PAGE_BYTES", 600)
+    name = _stage(service.paths, service.workspace)
+    with service.client() as c:
+        seen, offset, pages = [], 0, 0
+        while offset is not None:
+            page = c.call(p.ShowChanges(session=name, offset=offset))
+            seen += [e.path for e in page.entries]
+            offset, pages = page.next_offset, pages + 1
+        assert sorted(seen) == ["new.txt", "notes.txt", "pic.bin"] and pages > 1
