@@ -171,6 +171,25 @@ class Client:
         result: p.TaskResult = self.call(req, on_event=handle)
         return result
 
+    def show_changes(
+        self, session: str, *, previews: bool = True, timeout: float | None = 120.0
+    ) -> tuple[p.ChangeSetInfo, list[p.ChangeEntry]]:
+        """A session's staged set and all its pending changes (every page of ``changes.show``)."""
+        entries: list[p.ChangeEntry] = []
+        offset: int | None = 0
+        info: p.ChangeSetInfo | None = None
+        while offset is not None:
+            page: p.ChangeSetReply = self.call(
+                p.ShowChanges(session=session, offset=offset, previews=previews), timeout=timeout
+            )
+            info = page.set
+            entries += page.entries
+            if page.next_offset is not None and page.next_offset <= offset:
+                raise DaemonError(f"the cowork service sent a bad page of changes ({offset})")
+            offset = page.next_offset
+        assert info is not None
+        return info, entries
+
     def exec(
         self,
         req: p.Exec,

@@ -379,3 +379,5 @@ def test_a_large_change_set_is_shown_in_pages_under_the_line_limit(service, monk
             seen += [e.path for e in page.entries]
             offset, pages = page.next_offset, pages + 1
         assert sorted(seen) == ["new.txt", "notes.txt", "pic.bin"] and pages > 1
+        info, entries = c.show_changes(name)
+        assert info.session == name and [e.path for e in entries] == seen
