@@ -10,8 +10,11 @@ Contract:
 - A connection that breaks or cannot be made is :class:`ServiceUnavailable`; the next call
   connects again and subscribes again. Nothing here blocks on a task: a task's reply is
   awaited on its own thread.
-- Staged changes (review, keep, discard, undo) are refused with a clear message until the
-  service offers them.
+- Staged changes (review, keep, discard, undo) go through the service's ``changes.*``
+  requests, by the VM name of the app's task. A task whose session wrote straight into the
+  folder (direct mode) has no staged set: its review says so. Keeping never overwrites a
+  file the person changed meanwhile (it is reported as not kept, with why); undo puts back
+  what this app's last keep of that task wrote, refusing files changed since.
 """
 
 from __future__ import annotations
@@ -26,13 +29,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cowork.app import text as T
 from cowork.app.local import LocalParts
 from cowork.app.service import (
     ApplyResult,
     Approval,
+    ChangeKind,
     ChangeSet,
     CheckId,
     EventFn,
+    FileChange,
     ReadinessCheck,
     ServiceUnavailable,
     SessionInfo,
@@ -48,10 +54,6 @@ from cowork.paths import Paths
 UNAVAILABLE = (
     "cowork's background service is not running. Use \u201cStart the service\u201d in Setup; "
     "your folders are not affected."
-)
-NO_STAGED = (
-    "Reviewing changes needs staged changes, which this version of the cowork service does "
-    "not offer yet: the assistant's changes were made directly in the folder."
 )
 #: Events held per VM name while its task is not known yet.
 MAX_HELD = 2000
@@ -123,6 +125,8 @@ class DaemonService(LocalParts):
         self._resolving: set[str] = set()
         self._pending: dict[tuple[str, str], Approval] = {}
         self._ids = itertools.count(1)
+        self._records: dict[str, str] = {}  # task id -> its last keep's undo record
+        self._modes: dict[str, str] = {}  # VM name -> "staged" or "direct"
         #: The approval mode asked for each task (None: the policy's).
         self.task_mode: str | None = None
 
@@ -425,11 +429,19 @@ class DaemonService(LocalParts):
                     "the task is still starting its sealed machine; try Stop again in a moment"
                 )
         assert name is not None
+        mode = self._mode_of(name)
         self._call(p.StopTask(session=name))
         if t is not None:
             with self._lock:
                 t.state = SessionState.STOPPED
-        return "direct"
+        return mode
+
+    def _mode_of(self, name: str) -> str:
+        try:
+            info = self._call(p.VmStatus(name=name), timeout=10.0).session
+        except DaemonError:
+            return "direct"  # not known: say the cautious thing (files may have changed)
+        return str(info.changes)
 
     def sessions(self) -> list[SessionInfo]:
         running = self._call(p.ListSessions(), timeout=10.0).sessions
@@ -452,15 +464,83 @@ class DaemonService(LocalParts):
         with self._lock:
             return sorted(self._pending.values(), key=lambda a: a.asked_at)
 
-    # --- staged changes (not offered by the service yet) ---------------------------------
+    # --- staged changes -------------------------------------------------------------------
+    def _vm_name(self, session: str) -> str:
+        with self._lock:
+            t = self._tasks.get(session)
+        if t is None:
+            return session  # a task another face ran: the service's own name
+        if t.name is None:
+            raise UsageError(T.REVIEW_NOT_STARTED)
+        return t.name
+
+    def _changes_call(self, fn: Callable[[Client], Any]) -> Any:
+        client = self._conn()
+        try:
+            return fn(client)
+        except DaemonGone as exc:
+            with self._conn_lock:
+                if self._client is client:
+                    self._client = None
+                    client.close()
+            raise ServiceUnavailable(UNAVAILABLE) from exc
+
     def change_set(self, session: str) -> ChangeSet:
-        raise UsageError(NO_STAGED)
+        name = self._vm_name(session)
+        try:
+            _info, entries = self._changes_call(lambda c: c.show_changes(name))
+        except DaemonError as exc:
+            if exc.code == "not_found":  # a staged session always has a set
+                raise UsageError(T.REVIEW_DIRECT) from None
+            raise
+        return ChangeSet(session, tuple(_file_change(e) for e in entries))
 
     def apply_changes(self, session: str, paths: Sequence[str]) -> ApplyResult:
-        raise UsageError(NO_STAGED)
+        name = self._vm_name(session)
+        req = p.ApplyChanges(session=name, paths=list(paths), overwrite=False)
+        result: p.ChangesApplied = self._changes_call(lambda c: c.call(req, timeout=600.0))
+        if result.record:
+            with self._lock:
+                self._records[session] = result.record
+        failed = [(c.path, T.CONFLICT_NOT_KEPT) for c in result.conflicts]
+        failed += [(r.path, r.reason) for r in result.refused]
+        return ApplyResult(kept=tuple(result.applied), failed=tuple(failed))
 
     def discard_changes(self, session: str) -> None:
-        raise UsageError(NO_STAGED)
+        name = self._vm_name(session)
+        self._changes_call(lambda c: c.call(p.DiscardChanges(session=name), timeout=60.0))
 
     def undo_last(self, session: str) -> ApplyResult:
-        raise UsageError(NO_STAGED)
+        with self._lock:
+            record = self._records.get(session)
+        if record is None:
+            raise UsageError(T.NOTHING_TO_UNDO)
+        req = p.UndoChanges(record=record)
+        result: p.ChangesUndone = self._changes_call(lambda c: c.call(req, timeout=600.0))
+        with self._lock:
+            if self._records.get(session) == record:
+                del self._records[session]
+        return ApplyResult(
+            kept=tuple(result.restored),
+            failed=tuple((r.path, r.reason) for r in result.refused),
+        )
+
+
+_KINDS = {"added": ChangeKind.ADDED, "deleted": ChangeKind.DELETED}
+
+
+def _file_change(e: p.ChangeEntry) -> FileChange:
+    """The service's entry as the review shows it: edits, renames and permission changes
+    are all "edited"; the library's description says which."""
+    note = e.description
+    if e.renamed_from:
+        note = T.RENAMED_FROM.format(path=e.renamed_from) + (f" — {note}" if note else "")
+    return FileChange(
+        path=e.path,
+        kind=_KINDS.get(e.kind, ChangeKind.EDITED),
+        size_before=e.old_size or 0,
+        size_after=0 if e.kind == "deleted" else e.size,
+        diff=e.preview if e.is_diff else None,
+        note=note if e.is_diff else (e.preview or note),
+        conflict=e.conflict,
+    )

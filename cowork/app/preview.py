@@ -38,9 +38,44 @@ def tracked(before: str, after: str) -> str:
     return "".join(out)
 
 
+_ADDED = '<u style="color:#1b5e20;background:#e3f1e3">{}</u>'
+_REMOVED = '<s style="color:#b00020;background:#fde0e0">{}</s>'
+
+
+def diff_html(diff: str) -> str:
+    """A unified diff as marked-up text: added lines underlined in green, removed lines
+    struck in red, unchanged lines plain, and "…" where unchanged parts are left out."""
+    out: list[str] = []
+    for line in diff[:MAX_CHARS].splitlines():
+        if line.startswith(("--- ", "+++ ")):
+            continue
+        if line.startswith("@@"):
+            if out:
+                out.append('<p style="color:#666">…</p>')
+            continue
+        if line.startswith("\\"):
+            continue  # "\ No newline at end of file"
+        mark, body = line[:1], _para(line[1:]) or "&nbsp;"
+        if mark == "+":
+            out.append(_ADDED.format(body) + "<br>")
+        elif mark == "-":
+            out.append(_REMOVED.format(body) + "<br>")
+        else:
+            out.append(body + "<br>")
+    return "".join(out)
+
+
 def preview_html(change: FileChange) -> str:
     title = f"<h3>{html.escape(change.path)} — {T.CHANGE_KIND[change.kind]}</h3>"
+    if change.conflict:
+        title += f'<p style="color:#8a4b00"><b>{html.escape(T.CONFLICT)}</b></p>'
+    if change.diff is not None:
+        note = f"<p>{html.escape(change.note)}</p>" if change.note else ""
+        body = diff_html(change.diff)
+        return title + note + f'<div style="font-family:serif;line-height:140%">{body}</div>'
     if change.before is None and change.after is None:
+        if change.note:
+            return title + f"<p>{html.escape(change.note)}</p>"
         sizes = f"{T.size(change.size_before)} → {T.size(change.size_after)}"
         return title + f"<p>{html.escape(T.NOT_TEXT.format(size=sizes))}</p>"
     before = change.before or ""

@@ -68,7 +68,10 @@ class ReviewView(QWidget):
             return
         self.files.clear()
         for change in self.changes.files:
-            item = QListWidgetItem(f"{change.path}  ({T.CHANGE_KIND[change.kind]})")
+            kind = T.CHANGE_KIND[change.kind]
+            if change.conflict:
+                kind = f"{kind}; {T.CONFLICT_MARK}"
+            item = QListWidgetItem(f"{change.path}  ({kind})")
             item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
             item.setCheckState(Qt.CheckState.Checked)
             item.setData(Qt.ItemDataRole.UserRole, change.path)
@@ -129,6 +132,8 @@ class ReviewView(QWidget):
         except CoworkError as exc:
             self.result.setText(str(exc))
             return
-        self.result.setText(T.UNDONE.format(n=len(result.kept)))
+        lines = [T.UNDONE.format(n=len(result.kept))]
+        lines += [T.UNDO_REFUSED.format(path=p, why=w) for p, w in result.failed]
+        self.result.setText("\n".join(lines))
         self.undo.setEnabled(False)
         self.load(self.session)

@@ -156,6 +156,9 @@ class FileChange:
     after: str | None = None
     size_before: int = 0
     size_after: int = 0
+    diff: str | None = None  # a unified diff (text files), when before/after are not sent
+    note: str = ""  # a short description for a person (not text, a rename, permissions)
+    conflict: str | None = None  # why the folder's copy changed since the task started
 
 
 @dataclass(frozen=True)

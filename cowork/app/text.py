@@ -193,6 +193,22 @@ KEPT = tr("Kept {n} files.")
 KEEP_FAILED = tr("Could not keep {path}: {why}")
 DISCARDED = tr("All changes discarded; your folder is as it was.")
 UNDONE = tr("Undone: {n} files are back as they were.")
+UNDO_REFUSED = tr("Not put back: {path} — {why}")
+NOTHING_TO_UNDO = tr("There are no kept changes of this task to undo.")
+REVIEW_NOT_STARTED = tr(
+    "This task has not started its sealed machine yet, so there is nothing to review."
+)
+REVIEW_DIRECT = tr(
+    "This task saved its changes straight into your folder, as your settings ask, so there "
+    "is nothing to review."
+)
+CONFLICT = tr(
+    "You changed this file in your folder while the task ran. Keeping it would replace your "
+    "version, so cowork leaves it alone."
+)
+CONFLICT_NOT_KEPT = tr("you changed it in your folder meanwhile, so your version stays")
+CONFLICT_MARK = tr("you changed it too")
+RENAMED_FROM = tr("renamed from {path}")
 BEFORE = tr("Before")
 AFTER = tr("After")
 NOT_TEXT = tr("(not text: {size})")

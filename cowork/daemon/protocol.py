@@ -102,6 +102,7 @@ class SessionInfo(BaseModel):
     qemu_rss_kib: int | None = None
     gateway_pid: int | None = None
     gateway_rss_kib: int | None = None
+    changes: str = "direct"  # "staged": the folder is read-only to it until changes are kept
 
 
 @reply

@@ -644,6 +644,7 @@ class Daemon:
             qemu_rss_kib=_rss_kib(qpid),
             gateway_pid=gpid if isinstance(gpid, int) else None,
             gateway_rss_kib=_rss_kib(gpid if isinstance(gpid, int) else None),
+            changes=str(getattr(s.state, "changes", "direct")),
         )
 
     def _stop_task(self, ms: Managed, why: str) -> bool:

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
-from cowork.app.daemon_service import NO_STAGED, DaemonService
-from cowork.app.service import CheckId, ServiceUnavailable, SessionState
+from cowork.app import text as T
+from cowork.app.daemon_service import DaemonService
+from cowork.app.service import ChangeKind, CheckId, ServiceUnavailable, SessionState
 from cowork.daemon.server import Daemon
 from cowork.errors import UsageError
 from cowork.host.channel_fake import FakeChannel
@@ -41,7 +42,8 @@ class LocalSession:
         trust = TrustStore(paths.trust_store)
         self.policy = build(paths, workspace, trust)
         self.policy_watcher = SimpleNamespace(trust=trust, current=self.policy)
-        self.state = SimpleNamespace(accel="tcg", boot_seconds=0.1)
+        # Files are written straight into the folder (no overlay without a VM).
+        self.state = SimpleNamespace(accel="tcg", boot_seconds=0.1, changes="direct")
         self.backend = SimpleNamespace(
             status=lambda n: SimpleNamespace(state=SimpleNamespace(value="running"))
         )
@@ -62,7 +64,9 @@ class Running:
     def start(self) -> None:
         ws = self.ws
 
-        def opener(workspace: Path, *, paths: Paths, events: EventBus, progress: Any):
+        def opener(
+            workspace: Path, *, paths: Paths, events: EventBus, progress: Any, **_kw: Any
+        ) -> LocalSession:
             progress("starting")
             return LocalSession(workspace, paths, events)
 
@@ -188,10 +192,103 @@ def test_service_dies_and_comes_back(env):
                                 for e in events))  # fmt: skip
 
 
-def test_staged_changes_are_refused_clearly(env):
-    with pytest.raises(UsageError, match="staged changes"):
-        env.svc.change_set("t1")
-    assert "directly in the folder" in NO_STAGED
+def _run_and_stage(env):
+    """Run a demo task through the service, then leave a staged change set for its VM as a
+    staged session's end does (the local sessions here write straight into the folder)."""
+    from cowork.host.changes import store
+    from tests.host.changes.test_gate import entry, stream
+
+    svc = env.svc
+    events: list[Event] = []
+    svc.subscribe(events.append)
+    sid = svc.start_task(env.ws.resolve(), "summarise")
+    assert wait_for(lambda: any(e.kind is Kind.SESSION_ENDED and e.session == sid
+                                for e in events))  # fmt: skip
+    name = next(e.fields["name"] for e in events
+                if e.kind is Kind.VM_CREATING and e.session == sid)  # fmt: skip
+    (env.ws / "cowork-demo-notes.md").unlink()  # what the demo wrote directly
+    store.begin(env.paths, name, env.ws.resolve())
+    store.store_stream(
+        env.paths, name,
+        stream([entry(b"notes.txt", size=16), entry(b"new.txt", size=4),
+                entry(b"pic.bin", size=3)],
+               [b"first line\nmore\n", b"new\n", b"\0\1\2"]),
+        1 << 20,
+    )  # fmt: skip
+    return sid, name
+
+
+def test_review_lists_previews_keeps_a_selection_and_undoes(env):
+    svc = env.svc
+    sid, _name = _run_and_stage(env)
+    cs = svc.change_set(sid)
+    by = {f.path: f for f in cs.files}
+    assert set(by) == {"notes.txt", "new.txt", "pic.bin"}
+    assert by["notes.txt"].kind is ChangeKind.EDITED and "+more" in (by["notes.txt"].diff or "")
+    assert by["new.txt"].kind is ChangeKind.ADDED and by["new.txt"].size_after == 4
+    assert by["pic.bin"].diff is None and by["pic.bin"].note
+    kept = svc.apply_changes(sid, ["new.txt", "pic.bin"])
+    assert sorted(kept.kept) == ["new.txt", "pic.bin"] and kept.failed == ()
+    assert (env.ws / "new.txt").read_text() == "new\n"
+    assert (env.ws / "notes.txt").read_text() == "first line\n"  # not selected
+    assert [f.path for f in svc.change_set(sid).files] == ["notes.txt"]
+    undone = svc.undo_last(sid)
+    assert sorted(undone.kept) == ["new.txt", "pic.bin"] and undone.failed == ()
+    assert not (env.ws / "new.txt").exists() and not (env.ws / "pic.bin").exists()
+    assert len(svc.change_set(sid).files) == 3  # pending again
+    with pytest.raises(UsageError, match="no kept changes"):
+        svc.undo_last(sid)
+
+
+def test_review_keep_leaves_a_file_changed_meanwhile_and_undo_refuses_changed_files(env):
+    svc = env.svc
+    sid, _name = _run_and_stage(env)
+    (env.ws / "notes.txt").write_text("mine\n")
+    assert svc.change_set(sid).files[0].conflict or any(
+        f.conflict for f in svc.change_set(sid).files if f.path == "notes.txt"
+    )
+    kept = svc.apply_changes(sid, ["notes.txt", "new.txt"])
+    assert kept.kept == ("new.txt",)
+    assert kept.failed == (("notes.txt", T.CONFLICT_NOT_KEPT),)
+    assert (env.ws / "notes.txt").read_text() == "mine\n"
+    (env.ws / "new.txt").write_text("edited after keeping\n")
+    undone = svc.undo_last(sid)
+    assert undone.kept == () and [p for p, _ in undone.failed] == ["new.txt"]
+    assert (env.ws / "new.txt").read_text() == "edited after keeping\n"
+
+
+def test_review_discard_leaves_the_folder_alone(env):
+    svc = env.svc
+    sid, _name = _run_and_stage(env)
+    before = sorted(p.name for p in env.ws.iterdir())
+    svc.discard_changes(sid)
+    assert svc.change_set(sid).files == ()
+    assert sorted(p.name for p in env.ws.iterdir()) == before
+    assert "new.txt" not in before
+    assert (env.ws / "notes.txt").read_text() == "first line\n"
+
+
+def test_review_of_a_task_that_wrote_directly_says_so(env):
+    svc = env.svc
+    events: list[Event] = []
+    svc.subscribe(events.append)
+    sid = svc.start_task(env.ws.resolve(), "summarise")
+    assert wait_for(lambda: any(e.kind is Kind.SESSION_ENDED and e.session == sid
+                                for e in events))  # fmt: skip
+    with pytest.raises(UsageError) as err:
+        svc.change_set(sid)
+    assert str(err.value) == T.REVIEW_DIRECT
+
+
+def test_review_when_the_service_is_gone(env):
+    sid, _name = _run_and_stage(env)
+    env.running.stop()
+    assert wait_for(lambda: env.svc._client is None or env.svc._client.closed, 10)
+    with pytest.raises(ServiceUnavailable):
+        env.svc.change_set(sid)
+    with pytest.raises(ServiceUnavailable):
+        env.svc.apply_changes(sid, ["new.txt"])
+    assert not (env.ws / "new.txt").exists()
 
 
 def test_tool_kinds_from_the_library_wording():
@@ -244,5 +341,6 @@ def test_the_window_runs_a_task_through_the_service(env, qtbot, tmp_path, shot):
     assert texts[-1] == "The assistant has finished."
     assert (env.ws / "cowork-demo-notes.md").is_file()
     shot(win, "service-task-finished")
-    assert "staged changes" in win.review.result.text()
-    assert "directly in the folder" in win.task.message.text()
+    # The local sessions here write straight into the folder: the review says so.
+    assert win.review.result.text() == T.REVIEW_DIRECT
+    assert win.task.message.text() == T.REVIEW_DIRECT

@@ -21,3 +21,18 @@ def test_added_deleted_and_binary():
     assert "<s" in gone and "old" in gone
     binary = preview_html(FileChange("p.png", ChangeKind.EDITED, size_before=10, size_after=2048))
     assert "not text: 10 bytes → 2.0 KB" in binary
+
+
+def test_a_diff_from_the_service_reads_like_tracked_changes():
+    from cowork.app import text as T
+
+    diff = (
+        "--- a/n.txt\n+++ b/n.txt\n@@ -1,2 +1,2 @@\n keep\n-<old>\n+new\n"
+        "\\ No newline at end of file\n"
+    )
+    out = preview_html(FileChange("n.txt", ChangeKind.EDITED, diff=diff, conflict="changed"))
+    assert "keep<br>" in out and "&lt;old&gt;</s>" in out and "new</u>" in out
+    assert "a/n.txt" not in out and "@@" not in out and "No newline" not in out
+    assert T.CONFLICT in out
+    note = preview_html(FileChange("p.png", ChangeKind.ADDED, size_after=9, note="PNG image"))
+    assert "PNG image" in note and "not text" not in note
