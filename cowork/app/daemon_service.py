@@ -532,15 +532,17 @@ _KINDS = {"added": ChangeKind.ADDED, "deleted": ChangeKind.DELETED}
 def _file_change(e: p.ChangeEntry) -> FileChange:
     """The service's entry as the review shows it: edits, renames and permission changes
     are all "edited"; the library's description says which."""
-    note = e.description
-    if e.renamed_from:
-        note = T.RENAMED_FROM.format(path=e.renamed_from) + (f" — {note}" if note else "")
+    renamed = T.RENAMED_FROM.format(path=e.renamed_from) if e.renamed_from else ""
+    if e.is_diff:
+        note = renamed  # the diff says the rest
+    else:
+        note = " — ".join(x for x in (renamed, e.preview or e.description) if x)
     return FileChange(
         path=e.path,
         kind=_KINDS.get(e.kind, ChangeKind.EDITED),
         size_before=e.old_size or 0,
         size_after=0 if e.kind == "deleted" else e.size,
         diff=e.preview if e.is_diff else None,
-        note=note if e.is_diff else (e.preview or note),
+        note=note,
         conflict=e.conflict,
     )

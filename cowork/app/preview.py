@@ -55,8 +55,10 @@ def diff_html(diff: str) -> str:
             continue
         if line.startswith("\\"):
             continue  # "\ No newline at end of file"
-        mark, body = line[:1], _para(line[1:]) or "&nbsp;"
-        if mark == "+":
+        mark, body = line[:1], _para(line[1:])
+        if not body:
+            out.append("<br>")  # an empty line: nothing to mark
+        elif mark == "+":
             out.append(_ADDED.format(body) + "<br>")
         elif mark == "-":
             out.append(_REMOVED.format(body) + "<br>")

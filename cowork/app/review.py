@@ -59,7 +59,9 @@ class ReviewView(QWidget):
         self.discard.clicked.connect(self.discard_all)
         self.undo.clicked.connect(self.undo_last)
 
-    def load(self, session: str) -> None:
+    def load(self, session: str, *, after_action: bool = False) -> None:
+        """Show the pending changes of ``session``; ``after_action``: reloaded after keep,
+        discard or undo (an empty list then means nothing is left, not no changes)."""
         self.session = session
         try:
             self.changes = self.service.change_set(session)
@@ -76,7 +78,10 @@ class ReviewView(QWidget):
             item.setCheckState(Qt.CheckState.Checked)
             item.setData(Qt.ItemDataRole.UserRole, change.path)
             self.files.addItem(item)
-        self.summary.setText(T.change_summary(self.changes.files))
+        summary = T.change_summary(self.changes.files)
+        if after_action and not self.changes.files:
+            summary = T.REVIEW_ALL_DONE
+        self.summary.setText(summary)
         has = bool(self.changes.files)
         self.keep.setEnabled(has)
         self.discard.setEnabled(has)
@@ -105,11 +110,11 @@ class ReviewView(QWidget):
         except CoworkError as exc:
             self.result.setText(str(exc))
             return
-        lines = [T.KEPT.format(n=len(result.kept))]
+        lines = [T.kept(len(result.kept))]
         lines += [T.KEEP_FAILED.format(path=p, why=w) for p, w in result.failed]
         self.result.setText("\n".join(lines))
         self.undo.setEnabled(bool(result.kept))
-        self.load(self.session)
+        self.load(self.session, after_action=True)
         self.done.emit()
 
     def discard_all(self) -> None:
@@ -121,7 +126,7 @@ class ReviewView(QWidget):
             self.result.setText(str(exc))
             return
         self.result.setText(T.DISCARDED)
-        self.load(self.session)
+        self.load(self.session, after_action=True)
         self.done.emit()
 
     def undo_last(self) -> None:
@@ -132,8 +137,8 @@ class ReviewView(QWidget):
         except CoworkError as exc:
             self.result.setText(str(exc))
             return
-        lines = [T.UNDONE.format(n=len(result.kept))]
+        lines = [T.undone(len(result.kept))]
         lines += [T.UNDO_REFUSED.format(path=p, why=w) for p, w in result.failed]
         self.result.setText("\n".join(lines))
         self.undo.setEnabled(False)
-        self.load(self.session)
+        self.load(self.session, after_action=True)

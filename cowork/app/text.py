@@ -190,9 +190,12 @@ KEEP_SELECTED = tr("Keep selected")
 DISCARD_ALL = tr("Discard all")
 UNDO_LAST = tr("Undo last kept changes")
 KEPT = tr("Kept {n} files.")
+KEPT_ONE = tr("Kept 1 file.")
 KEEP_FAILED = tr("Could not keep {path}: {why}")
 DISCARDED = tr("All changes discarded; your folder is as it was.")
 UNDONE = tr("Undone: {n} files are back as they were.")
+UNDONE_ONE = tr("Undone: 1 file is back as it was.")
+REVIEW_ALL_DONE = tr("Nothing left to review.")
 UNDO_REFUSED = tr("Not put back: {path} — {why}")
 NOTHING_TO_UNDO = tr("There are no kept changes of this task to undo.")
 REVIEW_NOT_STARTED = tr(
@@ -302,6 +305,14 @@ def duration(seconds: float) -> str:
         return tr("{m} min {s} s").format(m=m, s=s) if s else tr("{m} min").format(m=m)
     h, m = divmod(m, 60)
     return tr("{h} h {m} min").format(h=h, m=m)
+
+
+def kept(n: int) -> str:
+    return KEPT_ONE if n == 1 else KEPT.format(n=n)
+
+
+def undone(n: int) -> str:
+    return UNDONE_ONE if n == 1 else UNDONE.format(n=n)
 
 
 def size(n: float) -> str:

@@ -1,6 +1,8 @@
 """End to end: the desktop app on a real X server (Xvfb) drives the real cowork service,
 which boots a real sealed VM and runs the demo model on a copy of the sample folder. One
-action is approved through the app's prompt; the folder ends as the task left it.
+action is approved through the app's prompt. The task is staged: the folder is unchanged
+until the review's "Keep selected"; undo and keeping again end with the demo's notes file
+added and every other file byte-for-byte as it was. One VM for the whole flow.
 
 Run under ``xvfb-run -a`` (without a display it falls back to Qt's offscreen platform).
 Screenshots go to ``$COWORK_SCREENSHOTS`` or ``screenshots/`` beside the run's temp folders.
@@ -60,7 +62,10 @@ def service(image_ready, tmp_path) -> Iterator[tuple[DaemonService, Path]]:
         shutil.rmtree(paths.runtime, ignore_errors=True)
 
 
-def test_pick_run_approve_in_the_app(service, qtbot, screens):
+def test_pick_run_approve_review_and_keep_in_the_app(service, qtbot, screens):
+    from PySide6.QtCore import Qt
+
+    from cowork.app import text as T
     from cowork.app.window import MainWindow
 
     svc, ws = service
@@ -92,19 +97,57 @@ def test_pick_run_approve_in_the_app(service, qtbot, screens):
             timeout=600_000,
         )
     assert answered >= 1
-    qtbot.wait(100)  # let the layout settle before the picture
-    win.grab().save(str(screens / "e2e-finished.png"))
     texts = [win.task.list.item(i).text() for i in range(win.task.list.count())]
     assert texts[-1] == "The assistant has finished.", texts
     assert any(t.startswith("The sealed machine is ready") for t in texts), texts
+    win.tabs.setCurrentWidget(win.task)
+    qtbot.wait(100)  # let the layout settle before the picture
+    win.grab().save(str(screens / "e2e-finished.png"))
+
+    # Staged: nothing reached the folder; the review lists the new file with its text.
     notes = ws / "cowork-demo-notes.md"
-    assert notes.is_file()
-    for path, data in before.items():  # the demo only adds its notes file
-        assert path.read_bytes() == data
-
-
-def test_review_and_keep_a_selection_in_the_app():
-    pytest.skip(
-        "the cowork service does not offer staged changes yet (the staged branch is not "
-        "merged): review, keep a selection and undo run against the fake service only"
+    assert not notes.exists()
+    assert {p: p.read_bytes() for p in ws.rglob("*") if p.is_file()} == before
+    review = win.review
+    qtbot.waitUntil(
+        lambda: review.changes is not None and bool(review.changes.files), timeout=60_000
     )
+    assert review.changes is not None
+    paths = [f.path for f in review.changes.files]
+    assert "cowork-demo-notes.md" in paths, paths
+    row = paths.index("cowork-demo-notes.md")
+    review.files.setCurrentRow(row)
+    assert "Notes on this folder" in review.preview.toPlainText()
+    # Keep only the notes file (anything else the task left stays unticked).
+    for i in range(review.files.count()):
+        item = review.files.item(i)
+        keep = item.data(Qt.ItemDataRole.UserRole) == "cowork-demo-notes.md"
+        item.setCheckState(Qt.CheckState.Checked if keep else Qt.CheckState.Unchecked)
+    assert review.selected() == ["cowork-demo-notes.md"]
+    win.tabs.setCurrentWidget(review)
+    qtbot.wait(100)
+    win.grab().save(str(screens / "e2e-review.png"))
+    review.keep.click()
+    assert review.result.text() == T.kept(1), review.result.text()
+    assert review.summary.text() == T.REVIEW_ALL_DONE
+    assert notes.read_text().startswith("# Notes on this folder")
+    assert "notes.txt" in notes.read_text()
+    qtbot.wait(100)
+    win.grab().save(str(screens / "e2e-kept.png"))
+
+    # Undo puts the folder back; keeping again ends with the notes file added.
+    assert review.undo.isEnabled()
+    review.undo.click()
+    assert review.result.text() == T.undone(1), review.result.text()
+    assert not notes.exists()
+    assert {p: p.read_bytes() for p in ws.rglob("*") if p.is_file()} == before
+    assert "cowork-demo-notes.md" in [f.path for f in review.changes.files]
+    for i in range(review.files.count()):
+        item = review.files.item(i)
+        keep = item.data(Qt.ItemDataRole.UserRole) == "cowork-demo-notes.md"
+        item.setCheckState(Qt.CheckState.Checked if keep else Qt.CheckState.Unchecked)
+    review.keep.click()
+    after = {p: p.read_bytes() for p in ws.rglob("*") if p.is_file()}
+    assert set(after) == set(before) | {notes}
+    for path, data in before.items():  # the demo only adds its notes file
+        assert after[path] == data
