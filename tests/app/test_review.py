@@ -82,3 +82,30 @@ def test_service_gone_while_keeping_loses_nothing(view, fake):
     view.keep.click()
     assert "not running" in view.result.text()
     assert view.files.count() == 6
+
+
+def test_a_file_changed_meanwhile_is_marked(qtbot, fake, tmp_path):
+    fake.next_changes = (
+        FileChange("notes.txt", ChangeKind.EDITED, diff="@@ -1 +1 @@\n-a\n+b\n", conflict="x"),
+    )
+    sid = fake.start_task(tmp_path, "t")
+    v = ReviewView(fake)
+    qtbot.addWidget(v)
+    v.load(sid)
+    assert T.CONFLICT_MARK in v.files.item(0).text()
+    assert T.CONFLICT in v.preview.toPlainText()
+
+
+def test_undo_names_the_files_it_left_alone(view, fake, monkeypatch):
+    from cowork.app.service import ApplyResult
+
+    view.keep.click()
+    monkeypatch.setattr(
+        fake,
+        "undo_last",
+        lambda s: ApplyResult(("report.md",), (("draft.md", "changed since it was kept"),)),
+    )
+    view.undo.click()
+    lines = view.result.text().splitlines()
+    refused = T.UNDO_REFUSED.format(path="draft.md", why="changed since it was kept")
+    assert lines == [T.undone(1), refused]
