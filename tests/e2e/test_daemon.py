@@ -319,7 +319,21 @@ def test_two_faces_see_one_sequence_and_either_answers_an_approval(world: World)
             )
             assert result.reason == "completed", result
             assert result.asked >= 1 and result.refused == 0
-            assert notes.is_file()
+            # Staged by default: the notes wait in the service's change set until kept.
+            assert not notes.exists()
+            (info,) = a.call(p.ListChanges(session=result.session)).sets
+            assert info.state == "pending" and info.workspace == str(world.workspace)
+            _set, entries = b.show_changes(result.session)
+            entry = next(e for e in entries if e.path == "cowork-demo-notes.md")
+            assert entry.kind == "added" and entry.is_diff
+            assert "+# Notes on this folder" in entry.preview
+            kept = a.call(p.ApplyChanges(session=result.session, paths=[entry.path]))
+            assert kept.applied == [entry.path] and kept.record
+            assert notes.read_text().startswith("# Notes on this folder")
+            undone = b.call(p.UndoChanges(record=kept.record))
+            assert undone.restored == [entry.path] and not notes.exists()
+            a.call(p.DiscardChanges(session=result.session))
+            assert not notes.exists()
             answered = [e for e in events if isinstance(e, p.ApprovalAnswered)]
             assert len(answered) == len(asked) >= 1 and all(e.allow for e in answered)
             assert wait_for(lambda: seen["a"] and len(seen["a"]) == len(seen["b"]), 30)
