@@ -12,9 +12,9 @@ Contract:
   awaited on its own thread.
 - Staged changes (review, keep, discard, undo) go through the service's ``changes.*``
   requests, by the VM name of the app's task. A task whose session wrote straight into the
-  folder (direct mode) has no staged set: its review says so. Keeping never overwrites a
-  file the person changed meanwhile (it is reported as not kept, with why); undo puts back
-  what this app's last keep of that task wrote, refusing files changed since.
+  folder (direct mode) has no staged set: its review says so. Keeping overwrites a file the
+  person changed meanwhile only when asked to (else it is reported as not kept, with why);
+  undo puts back what this app's last keep of that task wrote, refusing files changed since.
 """
 
 from __future__ import annotations
@@ -495,16 +495,22 @@ class DaemonService(LocalParts):
             raise
         return ChangeSet(session, tuple(_file_change(e) for e in entries))
 
-    def apply_changes(self, session: str, paths: Sequence[str]) -> ApplyResult:
+    def apply_changes(
+        self, session: str, paths: Sequence[str], overwrite: bool = False
+    ) -> ApplyResult:
         name = self._vm_name(session)
-        req = p.ApplyChanges(session=name, paths=list(paths), overwrite=False)
+        req = p.ApplyChanges(session=name, paths=list(paths), overwrite=overwrite)
         result: p.ChangesApplied = self._changes_call(lambda c: c.call(req, timeout=600.0))
         if result.record:
             with self._lock:
                 self._records[session] = result.record
         failed = [(c.path, T.CONFLICT_NOT_KEPT) for c in result.conflicts]
         failed += [(r.path, r.reason) for r in result.refused]
-        return ApplyResult(kept=tuple(result.applied), failed=tuple(failed))
+        return ApplyResult(
+            kept=tuple(result.applied),
+            failed=tuple(failed),
+            conflicts=tuple(c.path for c in result.conflicts),
+        )
 
     def discard_changes(self, session: str) -> None:
         name = self._vm_name(session)

@@ -50,19 +50,27 @@ class ReviewView(QWidget):
         self.undo.setEnabled(False)
         self.keep = button(T.KEEP_SELECTED)
         self.discard = button(T.DISCARD_ALL)
+        self.replace = button(T.REPLACE_MINE)
+        self.replace.setVisible(False)
+        self.conflicts: list[str] = []  # not kept by the last keep: changed in the folder
         row.addWidget(self.undo)
         row.addStretch(1)
+        row.addWidget(self.replace)
         row.addWidget(self.discard)
         row.addWidget(self.keep)
         lay.addLayout(row)
         self.keep.clicked.connect(self.keep_selected)
         self.discard.clicked.connect(self.discard_all)
         self.undo.clicked.connect(self.undo_last)
+        self.replace.clicked.connect(self.replace_mine)
 
     def load(self, session: str, *, after_action: bool = False) -> None:
         """Show the pending changes of ``session``; ``after_action``: reloaded after keep,
         discard or undo (an empty list then means nothing is left, not no changes)."""
         self.session = session
+        if not after_action:
+            self.conflicts = []
+            self.replace.setVisible(False)
         try:
             self.changes = self.service.change_set(session)
         except CoworkError as exc:
@@ -103,17 +111,27 @@ class ReviewView(QWidget):
         return out
 
     def keep_selected(self) -> None:
+        self._keep(self.selected(), overwrite=False)
+
+    def replace_mine(self) -> None:
+        """Keep the files the last keep left alone because the person changed them too."""
+        self._keep(list(self.conflicts), overwrite=True)
+
+    def _keep(self, paths: list[str], *, overwrite: bool) -> None:
         if self.session is None:
             return
         try:
-            result = self.service.apply_changes(self.session, self.selected())
+            result = self.service.apply_changes(self.session, paths, overwrite)
         except CoworkError as exc:
             self.result.setText(str(exc))
             return
         lines = [T.kept(len(result.kept))]
         lines += [T.KEEP_FAILED.format(path=p, why=w) for p, w in result.failed]
         self.result.setText("\n".join(lines))
-        self.undo.setEnabled(bool(result.kept))
+        self.conflicts = list(result.conflicts)
+        self.replace.setVisible(bool(self.conflicts))
+        if result.kept:
+            self.undo.setEnabled(True)
         self.load(self.session, after_action=True)
         self.done.emit()
 
@@ -126,6 +144,8 @@ class ReviewView(QWidget):
             self.result.setText(str(exc))
             return
         self.result.setText(T.DISCARDED)
+        self.conflicts = []
+        self.replace.setVisible(False)
         self.load(self.session, after_action=True)
         self.done.emit()
 
@@ -141,4 +161,6 @@ class ReviewView(QWidget):
         lines += [T.UNDO_REFUSED.format(path=p, why=w) for p, w in result.failed]
         self.result.setText("\n".join(lines))
         self.undo.setEnabled(False)
+        self.conflicts = []
+        self.replace.setVisible(False)
         self.load(self.session, after_action=True)

@@ -171,6 +171,7 @@ class ChangeSet:
 class ApplyResult:
     kept: tuple[str, ...]
     failed: tuple[tuple[str, str], ...] = ()  # (path, why)
+    conflicts: tuple[str, ...] = ()  # of ``failed``: changed in the folder meanwhile
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,9 @@ class Service(Protocol):
     def pending_approvals(self) -> list[Approval]: ...
     # staged changes
     def change_set(self, session: str) -> ChangeSet: ...
-    def apply_changes(self, session: str, paths: Sequence[str]) -> ApplyResult: ...
+    def apply_changes(
+        self, session: str, paths: Sequence[str], overwrite: bool = False
+    ) -> ApplyResult: ...
     def discard_changes(self, session: str) -> None: ...
     def undo_last(self, session: str) -> ApplyResult: ...
     # policy and settings
@@ -420,11 +423,20 @@ class FakeService:
         s = self._sessions[session]
         return ChangeSet(session, tuple(f for f in s.changes.files if f.path not in s.applied))
 
-    def apply_changes(self, session: str, paths: Sequence[str]) -> ApplyResult:
+    def apply_changes(
+        self, session: str, paths: Sequence[str], overwrite: bool = False
+    ) -> ApplyResult:
         self._need()
         s = self._sessions[session]
-        s.applied = list(paths)
-        return ApplyResult(kept=tuple(paths))
+        by = {f.path: f for f in s.changes.files}
+        clash = tuple(p for p in paths if p in by and by[p].conflict and not overwrite)
+        kept = [p for p in paths if p not in clash]
+        s.applied = [*s.applied, *kept]
+        return ApplyResult(
+            kept=tuple(kept),
+            failed=tuple((p, "changed in the folder meanwhile") for p in clash),
+            conflicts=clash,
+        )
 
     def discard_changes(self, session: str) -> None:
         self._need()

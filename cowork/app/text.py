@@ -211,6 +211,7 @@ CONFLICT = tr(
 )
 CONFLICT_NOT_KEPT = tr("you changed it in your folder meanwhile, so your version stays")
 CONFLICT_MARK = tr("you changed it too")
+REPLACE_MINE = tr("Keep them anyway (replaces your versions)")
 RENAMED_FROM = tr("renamed from {path}")
 BEFORE = tr("Before")
 AFTER = tr("After")

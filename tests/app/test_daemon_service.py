@@ -255,6 +255,10 @@ def test_review_keep_leaves_a_file_changed_meanwhile_and_undo_refuses_changed_fi
     undone = svc.undo_last(sid)
     assert undone.kept == () and [p for p, _ in undone.failed] == ["new.txt"]
     assert (env.ws / "new.txt").read_text() == "edited after keeping\n"
+    assert kept.conflicts == ("notes.txt",)
+    replaced = svc.apply_changes(sid, ["notes.txt"], overwrite=True)  # the person said so
+    assert replaced.kept == ("notes.txt",) and replaced.conflicts == ()
+    assert (env.ws / "notes.txt").read_text() == "first line\nmore\n"
 
 
 def test_review_discard_leaves_the_folder_alone(env):

@@ -63,7 +63,9 @@ def test_failed_keep_is_listed_never_reported_as_done(view, fake, monkeypatch):
     monkeypatch.setattr(
         fake,
         "apply_changes",
-        lambda s, p: ApplyResult(("report.md",), (("notes.txt", "changed on disk meanwhile"),)),
+        lambda s, p, o=False: ApplyResult(
+            ("report.md",), (("notes.txt", "changed on disk meanwhile"),)
+        ),
     )
     view.keep.click()
     assert T.kept(1) in view.result.text()
@@ -109,3 +111,27 @@ def test_undo_names_the_files_it_left_alone(view, fake, monkeypatch):
     lines = view.result.text().splitlines()
     refused = T.UNDO_REFUSED.format(path="draft.md", why="changed since it was kept")
     assert lines == [T.undone(1), refused]
+
+
+def test_files_changed_meanwhile_are_kept_only_when_asked(qtbot, fake, tmp_path):
+    fake.next_changes = (
+        FileChange("notes.txt", ChangeKind.EDITED, "a", "b", conflict="changed"),
+        FileChange("new.txt", ChangeKind.ADDED, None, "new"),
+    )
+    sid = fake.start_task(tmp_path, "t")
+    v = ReviewView(fake)
+    qtbot.addWidget(v)
+    v.show()
+    v.load(sid)
+    assert not v.replace.isVisible()
+    v.keep.click()
+    assert fake._sessions[sid].applied == ["new.txt"]
+    assert "Could not keep notes.txt" in v.result.text()
+    assert v.replace.isVisible() and v.conflicts == ["notes.txt"]
+    assert [v.files.item(i).data(Qt.ItemDataRole.UserRole) for i in range(v.files.count())] == [
+        "notes.txt"
+    ]
+    v.replace.click()
+    assert fake._sessions[sid].applied == ["new.txt", "notes.txt"]
+    assert v.result.text() == T.kept(1) and not v.replace.isVisible()
+    assert v.files.count() == 0
