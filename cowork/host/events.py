@@ -58,6 +58,9 @@ class Kind(enum.StrEnum):
     AGENT_FINISHED = "agent.finished"
     SESSION_STARTED = "session.started"
     SESSION_ENDED = "session.ended"
+    CONTENT_NEUTRALISED = "content.neutralised"
+    SESSION_MARKED = "session.marked"
+    EGRESS_HELD = "egress.held"
 
 
 @dataclass(frozen=True)

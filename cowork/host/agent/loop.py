@@ -156,6 +156,8 @@ class Answer:
 class ToolOutcome:
     text: str
     is_error: bool = False
+    #: What the tool itself neutralised before the host saw the text (kind, count).
+    findings: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 from cowork.guest.contract import WORKSPACE_MOUNT
 from cowork.host.agent.approvals import Approvals, Assessor, EgressCheck, RuleAssessor
+from cowork.host.agent.content import ContentLayer, Provenance
 from cowork.host.agent.driver import Approver, Driver, ModelClient
 from cowork.host.agent.hooks import GuestHooks
-from cowork.host.agent.loop import AgentLoop, Decision, RunSummary, ToolCall
+from cowork.host.agent.loop import SYSTEM_PROMPT, AgentLoop, Decision, RunSummary, ToolCall, Verdict
 from cowork.host.agent.settings import AgentSettings
 from cowork.host.agent.tools import GuestTools
 from cowork.host.agent.transcript import Transcript
 from cowork.host.channel import CommandChannel
-from cowork.host.events import EventBus
+from cowork.host.egress.taint import Asker, OutboundHold
+from cowork.host.events import EventBus, Kind
 
 
 def run_task(
@@ -33,10 +36,15 @@ def run_task(
     state_dir: str = "/tmp/cowork-agent",
     on_text: Callable[[str], None] = lambda _t: None,
     on_action: Callable[[str, ToolCall, Decision], None] = lambda _k, _c, _d: None,
+    outbound: OutboundHold | None = None,
 ) -> RunSummary:
     """Run ``task`` to its end. ``mode`` (a flag) overrides the policy's approval mode if the
     administrator allows it (UsageError otherwise). ``hooks_trusted`` is True only for a
-    workspace the person trusted: then its PreToolUse/PostToolUse hooks run in the guest."""
+    workspace the person trusted: then its PreToolUse/PostToolUse hooks run in the guest.
+
+    ``outbound`` is the session's hold after outside content (``Session.outbound``): results
+    from outside origins mark it, and while the task runs, a request the gateway holds is
+    asked about through ``approver``, the same one the task uses."""
     approval_mode = settings.resolve_mode(mode)
     gate = Approvals(approval_mode, assessor or RuleAssessor(egress_check=egress_check))
     tools = GuestTools(
@@ -47,6 +55,21 @@ def run_task(
         max_output_chars=settings.max_output_chars,
     )
     hooks = GuestHooks(runner, root=root) if hooks_trusted else None
+    content = ContentLayer()
+    marked = [False]
+
+    def on_outside(prov: Provenance) -> None:
+        first = outbound.mark(str(prov.origin), prov.source) if outbound is not None else False
+        if first or not marked[0]:
+            marked[0] = True
+            events.emit(
+                Kind.SESSION_MARKED,
+                origin=str(prov.origin),
+                source=prov.source,
+                message=f"The agent read {prov.label()}. From now on, anything that would send "
+                "data out of this session is held and asked about first.",
+            )
+
     driver = Driver(
         model=model,
         tools=tools,
@@ -56,5 +79,24 @@ def run_task(
         hooks=hooks,
         on_text=on_text,
         on_action=on_action,
+        content=content,
+        on_outside=on_outside,
     )
-    return driver.run(AgentLoop(task, gate=gate, settings=settings))
+    system = f"{SYSTEM_PROMPT}\n\n{content.instruction()}"
+    loop = AgentLoop(task, gate=gate, settings=settings, system=system)
+    if outbound is None:
+        return driver.run(loop)
+    with outbound.asking(hold_asker(approver)):
+        return driver.run(loop)
+
+
+def hold_asker(approver: Approver) -> Asker:
+    """Ask about a request held at the gateway through the task's own approver."""
+    counter = itertools.count(1)
+
+    def ask(question: str, reason: str) -> bool:
+        call = ToolCall(id=f"egress-hold-{next(counter)}", name="send_out", input={})
+        decision = Decision(Verdict.ASK, reason, risk="risky", rule="after-outside-content")
+        return approver(call, decision, question) is True
+
+    return ask

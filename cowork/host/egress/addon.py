@@ -39,6 +39,7 @@ from cowork.host.egress.gate import (
     redact_path,
 )
 from cowork.host.egress.grants import Grant
+from cowork.host.egress.taint import carries_data_out
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,10 @@ class Services(Protocol):
     def secret(self, credential_id: str) -> str: ...
 
     def emit(self, kind: str, fields: dict[str, Any]) -> None: ...
+
+    def hold(
+        self, method: str, host: str, port: int, path: str, nbytes: int, grant_id: str
+    ) -> tuple[bool, str]: ...
 
 
 @dataclass
@@ -226,6 +231,14 @@ class GateAddon:
             await self._deny(flow, 403, decision.reason, grant=decision.grant_id, **desc)
             return
         grant = decision.grant
+        if carries_data_out(req.method, req.path, facts.headers):  # asked only after a mark
+            held = await self._call(
+                self._services.hold, req.method, decision.host, req.port,
+                redact_path(req.path), len(req.raw_content or b""), grant.id,
+            )  # fmt: skip
+            if not (isinstance(held, tuple) and held[0] is True):
+                await self._deny(flow, 403, str(held[1]), grant=grant.id, **desc)
+                return
         state = _FlowState(
             grant_id=grant.id,
             host=decision.host,

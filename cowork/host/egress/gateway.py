@@ -39,6 +39,7 @@ from cowork.errors import CoworkError, EgressError
 from cowork.host.egress import ca as ca_mod
 from cowork.host.egress.floor import address_allowed
 from cowork.host.egress.grants import Grant
+from cowork.host.egress.taint import Outbound, OutboundHold
 from cowork.host.events import EventBus, Kind
 from cowork.host.secrets import Secrets
 
@@ -63,6 +64,8 @@ CA_ENV_VARS = (
     "PIP_CERT",
 )
 _RPC_TIMEOUT = 60.0
+#: A held request waits for the person at most this long, then is refused.
+_HOLD_TIMEOUT = 900.0
 _ALLOWED_EVENT_KINDS = {str(Kind.EGRESS_ALLOWED), str(Kind.EGRESS_DENIED)}
 
 
@@ -148,6 +151,8 @@ class Gateway:
         self._secrets: Secrets | None = None
         self._resolver: Resolver = system_resolver
         self._address_check: AddressCheck = address_allowed
+        #: The session's mark and the hold for data going out after outside content.
+        self.outbound = OutboundHold()
 
     # --- public API -----------------------------------------------------------------------
     @classmethod
@@ -162,6 +167,7 @@ class Gateway:
         settings: GatewaySettings | None = None,
         upstream_ca_file: Path | None = None,
         runtime_dir: Path | None = None,
+        outbound: OutboundHold | None = None,
     ) -> Gateway:
         """Start a gateway and wait until it listens. Raises :class:`EgressError`."""
         settings = settings or GatewaySettings()
@@ -173,6 +179,7 @@ class Gateway:
         self._secrets = secrets
         self._resolver = resolver or system_resolver
         self._address_check = address_check or address_allowed
+        self.outbound = outbound or OutboundHold()
         self._token = _random.token_urlsafe(32)
         ca_file = upstream_ca_file or system_ca_bundle()
         session_ca = ca_mod.generate_ca()
@@ -329,7 +336,29 @@ class Gateway:
             if kind in _ALLOWED_EVENT_KINDS and self._events is not None:
                 self._events.emit(Kind(kind), **fields)
             return None
+        if name == "hold":
+            return self._hold(Outbound(str(args[0]), str(args[1]), int(args[2]), str(args[3]),
+                                       int(args[4]), str(args[5])))  # fmt: skip
         raise EgressError(f"unknown egress service {name!r}")
+
+    def _hold(self, request: Outbound) -> tuple[bool, str]:
+        verdict = self.outbound.decide(request)
+        if self.outbound.marked and self._events is not None:
+            self._events.emit(
+                Kind.EGRESS_HELD,
+                method=request.method,
+                host=request.host,
+                port=request.port,
+                path=request.path,
+                grant=request.grant_id,
+                bytes_out=request.nbytes,
+                allowed=verdict.allowed,
+                asked=verdict.asked,
+                reason=verdict.reason,
+                message=("Allowed" if verdict.allowed else "Held and refused")
+                + f": {request.plain()} — {verdict.reason}.",
+            )
+        return verdict.allowed, verdict.reason
 
 
 # --- child process ------------------------------------------------------------------------
@@ -343,13 +372,13 @@ class _RpcServices:
         self._lock = threading.Lock()
         self._broken = False
 
-    def _call(self, name: str, *args: Any) -> Any:
+    def _call(self, name: str, *args: Any, timeout: float = _RPC_TIMEOUT) -> Any:
         with self._lock:
             if self._broken:
                 raise EgressError("the egress gateway lost its host services")
             try:
                 self._conn.send((name, args))
-                if not self._conn.poll(_RPC_TIMEOUT):
+                if not self._conn.poll(timeout):
                     raise EgressError(f"host service {name} timed out")
                 ok, value = self._conn.recv()
             except BaseException:
@@ -373,6 +402,13 @@ class _RpcServices:
 
     def emit(self, kind: str, fields: Mapping[str, Any]) -> None:
         self._call("emit", kind, dict(fields))
+
+    def hold(
+        self, method: str, host: str, port: int, path: str, nbytes: int, grant_id: str
+    ) -> tuple[bool, str]:
+        args = (method, host, port, path, nbytes, grant_id)
+        ok, reason = self._call("hold", *args, timeout=_HOLD_TIMEOUT)
+        return bool(ok), str(reason)
 
 
 def _engine_options(config: _ChildConfig) -> dict[str, Any]:
