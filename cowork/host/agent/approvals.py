@@ -299,7 +299,19 @@ class RuleAssessor:
             return Assessment(Risk.FORBIDDEN, f"cowork has no tool named {call.name}.", "unknown")
         if call.name == "bash":
             return self._bash(str(call.input.get("command", "")))
+        if call.name == "web_fetch":
+            return self._web_fetch(str(call.input.get("url", "")))
         return self._file(call)
+
+    def _web_fetch(self, url: str) -> Assessment:
+        host = urlsplit(url).hostname or url
+        if self.egress_check is not None and not self.egress_check("GET", url)[0]:
+            return Assessment(
+                Risk.FORBIDDEN,
+                f"The policy does not allow {host}; an administrator can grant it.",
+                "egress-policy",
+            )
+        return ROUTINE
 
     # --- file tools ------------------------------------------------------------------
     def _file(self, call: ToolCall) -> Assessment:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -147,3 +148,39 @@ def test_the_driver_envelopes_marks_and_reports() -> None:
     assert "shown to the agent as data" in event.fields["message"]
     inside = driver._screen(ToolCall("2", "read_file", {"path": "a"}), ToolOutcome("a\u200b"))
     assert inside.text == "a\u200b" and len(marks) == 1
+
+
+def test_web_fetch_tool_runs_the_guest_program_and_reports_findings() -> None:
+    from cowork.host.agent.loop import ToolCall
+    from cowork.host.agent.tools import GuestTools, describe
+    from cowork.host.channel import Result
+
+    class Runner:
+        guest_lib = "/run/cowork/lib"
+
+    tools = GuestTools(Runner())  # type: ignore[arg-type]
+    call = ToolCall("c1", "web_fetch", {"url": "https://page.test/a"})
+    cmd = tools.build(call)
+    assert "cowork/guest/webfetch.py" in cmd.cmd and "page.test" not in cmd.cmd
+    assert json.loads(cmd.input or "")["url"] == "https://page.test/a"
+    assert describe(call) == "Read the web page https://page.test/a"
+    reply = {"ok": True, "text": "t", "findings": {"hidden-elements": 2, "x": "bad"}}
+    result = Result(command="x", exited=0, stdout=json.dumps(reply), stderr="", duration=0.1)
+    outcome = tools.outcome(call, result)
+    assert outcome.text == "t" and outcome.findings == (("hidden-elements", 2),)
+    with pytest.raises(ValueError):
+        tools.build(ToolCall("c2", "web_fetch", {}))
+
+
+def test_a_fetch_the_policy_refuses_gets_the_plain_reason() -> None:
+    from cowork.host.agent.approvals import Risk, RuleAssessor
+    from cowork.host.agent.loop import ToolCall
+
+    assessor = RuleAssessor(egress_check=lambda m, u: (False, "CONNECT refused: no grant"))
+    verdict = assessor.assess(ToolCall("1", "web_fetch", {"url": "https://example.com/x"}))
+    assert verdict.risk is Risk.FORBIDDEN
+    assert verdict.reason == "The policy does not allow example.com; an administrator can grant it."
+    allowed = RuleAssessor(egress_check=lambda m, u: (True, ""))
+    assert (
+        allowed.assess(ToolCall("1", "web_fetch", {"url": "https://a.test/"})).risk is Risk.ROUTINE
+    )
