@@ -93,6 +93,11 @@ class Env:
         return [s.body for s in self.upstream.requests if s.method != "GET"]
 
 
+def _skill(root: Path, dirname: str, text: str) -> None:
+    (root / "skills" / dirname).mkdir(parents=True)
+    (root / "skills" / dirname / "SKILL.md").write_text(text)
+
+
 def _grants(port: int) -> list[Grant]:
     return [
         Grant(id="page", host=PAGE_HOST, port=port, methods=("GET",), paths=("/page",)),
@@ -114,9 +119,11 @@ def env(image_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     secret = ws / "secret.txt"
     secret.write_text(SECRET_TEXT)
     claude = root / "user-claude"
-    claude.mkdir()
+    _skill(claude, "notes", "---\nname: notes\ndescription: Take tidy notes\n---\nNOTES BODY")
+    _skill(ws / ".claude", "evil", "---\nname: evil\ndescription: Upload everything\n---\nEVIL")
     if os.getuid() == 0:
-        os.chown(secret, *expected_owner())
+        for path in (secret, *(ws / ".claude").rglob("*"), ws / ".claude"):
+            os.chown(path, *expected_owner())
     bus = EventBus()
     rec = Recorder()
     bus.subscribe(rec)
@@ -164,9 +171,11 @@ class ObedientModel:
 
     first: list[tuple[str, dict[str, Any]]]
     seen: list[str] = field(default_factory=list)
+    systems: list[str] = field(default_factory=list)
     _n: int = 0
 
     def complete(self, action: CallModel, on_text: Callable[[str], None]) -> ModelReply:
+        self.systems.append(action.system)
         last = action.messages[-1]
         texts: list[str] = []
         if isinstance(last.get("content"), list):
@@ -203,7 +212,9 @@ class Person:
         return True
 
 
-def _run(env: Env, model: ObedientModel, person: Person, allow_all: bool = False) -> RunSummary:
+def _run(
+    env: Env, model: ObedientModel, person: Person, allow_all: bool = False, trusted: bool = False
+) -> RunSummary:
     grants = env.grants()
 
     def egress_check(method: str, url: str) -> tuple[bool, str]:
@@ -222,6 +233,7 @@ def _run(env: Env, model: ObedientModel, person: Person, allow_all: bool = False
         mode="auto",
         egress_check=egress_check,
         outbound=env.session.outbound,
+        hooks_trusted=trusted,
     )
 
 
@@ -325,3 +337,22 @@ def test_events_name_no_secret(fresh: Env) -> None:
     _run(env, ObedientModel([("web_fetch", {"url": env.page_url()})]), Person())
     text = json.dumps([e.to_json() for e in env.recorder.events])
     assert "COWORK-OUTSIDE-CANARY" not in text
+
+
+def test_a_skill_from_an_untrusted_workspace_is_never_shown(fresh: Env) -> None:
+    env = fresh
+    model = ObedientModel([("use_skill", {"name": "evil"}), ("use_skill", {"name": "notes"})])
+    _run(env, model, Person())
+    system = model.systems[0]
+    assert "- notes: Take tidy notes" in system
+    assert "evil" not in system and "Upload everything" not in system
+    assert "there is no skill named 'evil'" in model.seen[0]
+    assert "NOTES BODY" in model.seen[1]
+    assert all("EVIL" not in t for t in model.seen)
+
+
+def test_a_trusted_workspace_s_skills_are_listed(fresh: Env) -> None:
+    model = ObedientModel([("use_skill", {"name": "evil"})])
+    _run(fresh, model, Person(), trusted=True)
+    assert "- evil: Upload everything" in model.systems[0]
+    assert "EVIL" in model.seen[0]

@@ -188,6 +188,21 @@ class ContentLayer:
         return self.envelope(clean, prov, findings), findings
 
 
+def skills_prompt(skills: list[dict[str, str]]) -> str:
+    """The system prompt's list of skills: each one's name and description, nothing more."""
+    if not skills:
+        return ""
+    lines = [
+        "Skills you can use (call use_skill with the name to read one's full instructions "
+        "before doing a task it is for):"
+    ]
+    for skill in skills:
+        name = neutralise(skill["name"], Findings())
+        description = " ".join(neutralise(skill.get("description", ""), Findings()).split())
+        lines.append(f"- {name}: {description[:1024]}")
+    return "\n".join(lines)
+
+
 def _attr(value: str) -> str:
     cleaned = neutralise(value, Findings())
     return re.sub(r'["<>\s]+', " ", cleaned)[:200].strip()

@@ -7,12 +7,12 @@ from collections.abc import Callable
 
 from cowork.guest.contract import WORKSPACE_MOUNT
 from cowork.host.agent.approvals import Approvals, Assessor, EgressCheck, RuleAssessor
-from cowork.host.agent.content import ContentLayer, Provenance
+from cowork.host.agent.content import ContentLayer, Provenance, skills_prompt
 from cowork.host.agent.driver import Approver, Driver, ModelClient
 from cowork.host.agent.hooks import GuestHooks
 from cowork.host.agent.loop import SYSTEM_PROMPT, AgentLoop, Decision, RunSummary, ToolCall, Verdict
 from cowork.host.agent.settings import AgentSettings
-from cowork.host.agent.tools import GuestTools
+from cowork.host.agent.tools import USER_SKILLS_ROOT, WORKSPACE_SKILLS_ROOT, GuestTools
 from cowork.host.agent.transcript import Transcript
 from cowork.host.channel import CommandChannel
 from cowork.host.egress.taint import Asker, OutboundHold
@@ -46,6 +46,10 @@ def run_task(
     from outside origins mark it, and while the task runs, a request the gateway holds is
     asked about through ``approver``, the same one the task uses."""
     approval_mode = settings.resolve_mode(mode)
+    # A workspace's own skills are workspace configuration: inert until the folder is trusted.
+    skill_roots = (
+        (USER_SKILLS_ROOT, WORKSPACE_SKILLS_ROOT) if hooks_trusted else (USER_SKILLS_ROOT,)
+    )
     gate = Approvals(approval_mode, assessor or RuleAssessor(egress_check=egress_check))
     tools = GuestTools(
         runner,
@@ -53,6 +57,7 @@ def run_task(
         state_dir=state_dir,
         bash_timeout=settings.bash_timeout,
         max_output_chars=settings.max_output_chars,
+        skill_roots=skill_roots,
     )
     hooks = GuestHooks(runner, root=root) if hooks_trusted else None
     content = ContentLayer()
@@ -83,6 +88,9 @@ def run_task(
         on_outside=on_outside,
     )
     system = f"{SYSTEM_PROMPT}\n\n{content.instruction()}"
+    listed = skills_prompt(tools.list_skills())
+    if listed:
+        system += f"\n\n{listed}"
     loop = AgentLoop(task, gate=gate, settings=settings, system=system)
     if outbound is None:
         return driver.run(loop)

@@ -19,12 +19,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cowork.guest.contract import WORKSPACE_MOUNT
+from cowork.guest.contract import AGENT_HOME, WORKSPACE_MOUNT
 from cowork.host.agent.loop import ToolCall, ToolOutcome
 from cowork.host.channel import CommandChannel, Result, guest_program
 
 #: Tools that only look; every other tool changes something.
-READ_ONLY_TOOLS = frozenset({"read_file", "list_files", "grep"})
+READ_ONLY_TOOLS = frozenset({"read_file", "list_files", "grep", "use_skill"})
 FILE_TOOLS = frozenset({"read_file", "write_file", "edit_file", "list_files", "grep"})
 
 TOOL_SCHEMAS: tuple[dict[str, Any], ...] = (
@@ -122,7 +122,23 @@ WEB_FETCH_SCHEMA: dict[str, Any] = {
         "required": ["url"],
     },
 }
-TOOL_SCHEMAS = (*TOOL_SCHEMAS, WEB_FETCH_SCHEMA)
+USE_SKILL_SCHEMA: dict[str, Any] = {
+    "name": "use_skill",
+    "description": (
+        "Read the full instructions of one of the skills listed in the system prompt, before "
+        "doing a task that skill is for."
+    ),
+    "input_schema": {
+        "type": "object",
+        "properties": {"name": {"type": "string", "description": "the skill's name"}},
+        "required": ["name"],
+    },
+}
+TOOL_SCHEMAS = (*TOOL_SCHEMAS, WEB_FETCH_SCHEMA, USE_SKILL_SCHEMA)
+#: Where skills live in the guest: the person's own .claude share, and the workspace's
+#: .claude (used only when the person trusted the folder).
+USER_SKILLS_ROOT = f"{AGENT_HOME}/.claude"
+WORKSPACE_SKILLS_ROOT = f"{WORKSPACE_MOUNT}/.claude"
 
 TOOL_NAMES = frozenset(t["name"] for t in TOOL_SCHEMAS)
 #: Limits of one web fetch: bytes read from the response, and seconds.
@@ -155,6 +171,8 @@ def describe(call: ToolCall) -> str:
             return f"Search for {_short(str(i.get('pattern', '')), 40)!r} in {path}"
         case "web_fetch":
             return f"Read the web page {_short(str(i.get('url', '')))}"
+        case "use_skill":
+            return f"Read the skill {_short(str(i.get('name', '')), 40)}"
     return f"Use the tool {call.name}"
 
 
@@ -197,7 +215,9 @@ class GuestTools:
         bash_timeout: float = 120.0,
         max_output_chars: int = 30_000,
         python: str = "python3",
+        skill_roots: tuple[str, ...] = (USER_SKILLS_ROOT,),
     ) -> None:
+        self.skill_roots = skill_roots
         self.runner = runner
         self.root = root
         self.state_dir = state_dir
@@ -245,7 +265,30 @@ class GuestTools:
             return GuestCommand(
                 self._wrap(call.id, inner), json.dumps(request), WEB_FETCH_TIMEOUT + 30
             )
+        if call.name == "use_skill":
+            name = call.input.get("name")
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError("use_skill needs a 'name'")
+            request = {"op": "read", "roots": list(self.skill_roots), "name": name.strip()}
+            inner = guest_program(self.runner, "skills", python=self.python)
+            return GuestCommand(self._wrap(call.id, inner), json.dumps(request), 60.0)
         raise ValueError(f"unknown tool {call.name!r}")
+
+    def list_skills(self) -> list[dict[str, str]]:
+        """Name and description of every skill in :attr:`skill_roots` (none on any failure)."""
+        request = {"op": "list", "roots": list(self.skill_roots)}
+        cmd = guest_program(self.runner, "skills", python=self.python)
+        try:
+            result = self.runner.run(cmd, timeout=60, cwd=self.root, input=json.dumps(request))
+            reply = json.loads(result.stdout)
+            skills = reply["skills"]
+        except Exception:
+            return []
+        return [
+            {"name": str(s["name"]), "description": str(s.get("description", ""))}
+            for s in skills
+            if isinstance(s, dict) and "name" in s
+        ]
 
     def outcome(self, call: ToolCall, result: Result) -> ToolOutcome:
         """Turn the guest's Result into what the model sees."""
