@@ -162,6 +162,7 @@ def _run(args: argparse.Namespace) -> int:
             transcript=Transcript.create(paths, workspace),
             on_text=lambda t: print(t, end="", file=out, flush=True),
             on_action=lambda k, c, d: print_action(k, c, d, out),
+            outbound=session.outbound,
         )
     print(f"\n\n{summary_line(summary)}", file=out)
     return exit_status(summary)
