@@ -124,6 +124,7 @@ def agent_settings(policy: Policy) -> AgentSettings:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from cowork.host.agent.mcp import workspace_servers
     from cowork.host.egress.gate import explain_url
     from cowork.host.policy import load_effective
     from cowork.host.session import open_session
@@ -163,6 +164,7 @@ def _run(args: argparse.Namespace) -> int:
             on_text=lambda t: print(t, end="", file=out, flush=True),
             on_action=lambda k, c, d: print_action(k, c, d, out),
             outbound=session.outbound,
+            mcp_servers=workspace_servers(workspace, trust.status(workspace).trusted),
         )
     print(f"\n\n{summary_line(summary)}", file=out)
     return exit_status(summary)

@@ -295,6 +295,12 @@ class RuleAssessor:
         self.egress_check = egress_check
 
     def assess(self, call: ToolCall) -> Assessment:
+        if call.name.startswith("mcp__"):  # a connector: asked, whatever its own hints say
+            return Assessment(
+                Risk.RISKY,
+                "It uses a connector tool, which can act outside this computer.",
+                "connector",
+            )
         if call.name not in TOOL_NAMES:
             return Assessment(Risk.FORBIDDEN, f"cowork has no tool named {call.name}.", "unknown")
         if call.name == "bash":

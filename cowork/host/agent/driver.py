@@ -173,7 +173,7 @@ class AnthropicModel:
             max_tokens=self.settings.max_tokens,
             system=action.system,
             messages=[dict(m) for m in action.messages],  # type: ignore[misc]
-            tools=list(TOOL_SCHEMAS),  # type: ignore[arg-type]
+            tools=[dict(t) for t in action.tools] or list(TOOL_SCHEMAS),  # type: ignore[misc,arg-type]
         ) as stream:
             for event in stream:
                 if event.type == "text":

@@ -21,6 +21,8 @@ from typing import Any
 
 from cowork.guest.contract import AGENT_HOME, WORKSPACE_MOUNT
 from cowork.host.agent.loop import ToolCall, ToolOutcome
+from cowork.host.agent.mcp import PREFIX as MCP_PREFIX
+from cowork.host.agent.mcp import McpHub, split_tool_name
 from cowork.host.channel import CommandChannel, Result, guest_program
 
 #: Tools that only look; every other tool changes something.
@@ -173,6 +175,10 @@ def describe(call: ToolCall) -> str:
             return f"Read the web page {_short(str(i.get('url', '')))}"
         case "use_skill":
             return f"Read the skill {_short(str(i.get('name', '')), 40)}"
+    parts = split_tool_name(call.name)
+    if parts is not None:
+        size = len(json.dumps(dict(i)).encode())
+        return f"Use the connector tool {parts[1]} of {parts[0]} (sending {size} bytes)"
     return f"Use the tool {call.name}"
 
 
@@ -216,8 +222,10 @@ class GuestTools:
         max_output_chars: int = 30_000,
         python: str = "python3",
         skill_roots: tuple[str, ...] = (USER_SKILLS_ROOT,),
+        mcp: McpHub | None = None,
     ) -> None:
         self.skill_roots = skill_roots
+        self.mcp = mcp
         self.runner = runner
         self.root = root
         self.state_dir = state_dir
@@ -325,6 +333,11 @@ class GuestTools:
 
     # --- I/O ----------------------------------------------------------------------------
     def execute(self, call: ToolCall) -> ToolOutcome:
+        if call.name.startswith(MCP_PREFIX):
+            if self.mcp is None:
+                return ToolOutcome(f"there is no connector tool {call.name}", is_error=True)
+            outcome = self.mcp.call(call.name, call.input)
+            return ToolOutcome(truncate(outcome.text, self.max_output_chars), outcome.is_error)
         try:
             command = self.build(call)
         except (ValueError, TypeError) as exc:
