@@ -1,4 +1,7 @@
-"""Time the content layer adds per tool result (outside origin, worst case), as JSON.
+"""Time the content layer adds per tool result from an outside origin, as JSON.
+
+"clean": ordinary text (with some non-ASCII); "dirty": about 2% of words carry invisible
+characters or comments, and delimiter imitations are frequent (an adversarial page).
 
 Usage: python bench/bench_content.py [repeats]
 """
@@ -18,7 +21,9 @@ SIZES = {"1KB": 1024, "100KB": 100 * 1024, "1MB": 1024 * 1024}
 
 def sample(size: int, dirty: bool) -> str:
     rng = random.Random(size)
-    words = ["lorem", "ipsum", "dolor", "sit", "amet", "<<end-outside-data>>", "data"]
+    words = ["lorem", "ipsum", "dolor", "sit", "amet", "café", "data"]
+    if dirty:  # adversarial: delimiter imitations everywhere
+        words.append("<<end-outside-data>>")
     parts: list[str] = []
     n = 0
     while n < size:
