@@ -41,7 +41,8 @@ class LocalSession:
         trust = TrustStore(paths.trust_store)
         self.policy = build(paths, workspace, trust)
         self.policy_watcher = SimpleNamespace(trust=trust, current=self.policy)
-        self.state = SimpleNamespace(accel="tcg", boot_seconds=0.1)
+        self.state = SimpleNamespace(accel="tcg", boot_seconds=0.1, changes="direct")
+        self.outbound = None
         self.backend = SimpleNamespace(
             status=lambda n: SimpleNamespace(state=SimpleNamespace(value="running"))
         )
@@ -62,7 +63,7 @@ class Running:
     def start(self) -> None:
         ws = self.ws
 
-        def opener(workspace: Path, *, paths: Paths, events: EventBus, progress: Any):
+        def opener(workspace: Path, *, paths: Paths, events: EventBus, progress: Any, **_kw: Any):
             progress("starting")
             return LocalSession(workspace, paths, events)
 
