@@ -377,6 +377,44 @@ class Pty:
         return -1 if status is None else status
 
 
+class StreamPipe:
+    """A guest program's stdin/stdout as a blocking byte stream (stderr is discarded)."""
+
+    def __init__(self, chan: paramiko.Channel, kill: Callable[[], None]) -> None:
+        self._chan = chan
+        self._kill = kill
+        self._closed = False
+
+    def read(self, n: int) -> bytes:
+        self._chan.settimeout(0.5)
+        while not self._closed:
+            try:
+                while self._chan.recv_stderr_ready():  # drained so the program never blocks
+                    self._chan.recv_stderr(_CHUNK)
+                return bytes(self._chan.recv(n))
+            except TimeoutError:
+                if self._chan.closed or self._chan.exit_status_ready():
+                    return b""
+            except (OSError, EOFError, paramiko.SSHException):
+                return b""
+        return b""
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._chan.sendall(data)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise ChannelError(f"the guest program's input closed: {exc}") from exc
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with suppress(Exception):
+            self._kill()
+        with suppress(Exception):
+            self._chan.close()
+
+
 class Channel:
     """One SSH transport to one guest. Use :meth:`connect`; close it (or use ``with``)."""
 
@@ -755,6 +793,25 @@ class Channel:
             chan.close()
             raise ChannelError(f"cannot start a terminal in the guest: {exc}") from exc
         return Pty(chan)
+
+    def open_stream(
+        self,
+        cmd: str | Sequence[str],
+        *,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> StreamPipe:
+        """Start ``cmd`` without a terminal; its stdin and stdout are a byte stream (for a
+        line protocol such as MCP's stdio). :meth:`StreamPipe.close` stops its process group."""
+        job = secrets.token_hex(8)
+        script = job_script(job, cwd or self._workdir, check_env(env), command_line(cmd))
+        chan = self._open_session()
+        try:
+            chan.exec_command(script)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            chan.close()
+            raise ChannelError(f"the guest refused to start a program: {exc}") from exc
+        return StreamPipe(chan, lambda: self._kill(job))
 
     # -- forwards -----------------------------------------------------------------------------
 

@@ -68,6 +68,9 @@ class Kind(enum.StrEnum):
     MONITOR_LOST = "monitor.lost"
     VM_WARM = "vm.warm"  # warm start: template built, restored, or fell back to cold boot
     EGRESS_SELFTEST = "egress.selftest"
+    CONTENT_NEUTRALISED = "content.neutralised"
+    SESSION_MARKED = "session.marked"
+    EGRESS_HELD = "egress.held"
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from cowork.host.channel import Channel
 from cowork.host.egress import selftest
 from cowork.host.egress.gateway import Gateway, GatewaySettings
 from cowork.host.egress.grants import Grant
+from cowork.host.egress.taint import OutboundHold
 from cowork.host.events import EventBus, Kind
 from cowork.host.session_store import (
     SessionState,
@@ -122,11 +123,16 @@ class EgressSettings:
     resolver: Callable[[str, int], Sequence[str]] | None = None
     address_check: Callable[[str], bool] | None = None
     upstream_ca_file: Path | None = None
+    #: The hold after outside content (default: ask, with nobody to ask until a task runs).
+    outbound: OutboundHold | None = None
 
     @classmethod
     def from_policy(cls, current: Callable[[], Policy], **overrides: Any) -> EgressSettings:
         """Grants from whatever policy ``current()`` returns at the time of each request."""
         policy = current()
+        overrides.setdefault(
+            "outbound", OutboundHold(mode=lambda: current().agent.after_outside_content)
+        )
         return cls(
             grants_provider=lambda: current().egress.grants,
             allow_websockets=policy.egress.allow_websockets,
@@ -165,6 +171,7 @@ def start_gateway(egress: EgressSettings, events: EventBus, runtime_dir: Path) -
         ),
         upstream_ca_file=egress.upstream_ca_file,
         runtime_dir=runtime_dir,
+        outbound=egress.outbound,
     )
 
 
@@ -221,6 +228,11 @@ class Session:
     @property
     def dir(self) -> Path:
         return self.paths.session_dir(self.name)
+
+    @property
+    def outbound(self) -> OutboundHold | None:
+        """The hold after outside content, when this session has a way out."""
+        return self.gateway.outbound if self.gateway is not None else None
 
     # --- lifecycle ---------------------------------------------------------------
     @classmethod

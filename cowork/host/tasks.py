@@ -25,6 +25,7 @@ from cowork.host.agent.driver import (
     resolve_api_key,
 )
 from cowork.host.agent.loop import Decision, RunSummary, ToolCall
+from cowork.host.agent.mcp import workspace_servers
 from cowork.host.agent.offline import OfflineModel, demo_script
 from cowork.host.agent.settings import AgentSettings, ApprovalMode
 from cowork.host.agent.task import run_task
@@ -203,6 +204,8 @@ def run_session_task(
             egress_check=egress_check_for(session),
             hooks_trusted=plan.hooks_trusted,
             changes_staged=session.state.changes == "staged",
+            outbound=session.outbound,
+            mcp_servers=workspace_servers(session.workspace, plan.hooks_trusted),
             transcript=transcript,
             on_text=cb.on_text,
             on_action=cb.on_action,

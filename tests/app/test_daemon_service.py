@@ -44,6 +44,7 @@ class LocalSession:
         self.policy_watcher = SimpleNamespace(trust=trust, current=self.policy)
         # Files are written straight into the folder (no overlay without a VM).
         self.state = SimpleNamespace(accel="tcg", boot_seconds=0.1, changes="direct")
+        self.outbound = None
         self.backend = SimpleNamespace(
             status=lambda n: SimpleNamespace(state=SimpleNamespace(value="running"))
         )

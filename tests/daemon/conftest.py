@@ -51,6 +51,7 @@ class FakeSession:
         self.policy = build(paths, workspace, trust)
         self.policy_watcher = SimpleNamespace(trust=trust, current=self.policy)
         self.state = SimpleNamespace(accel="tcg", boot_seconds=0.1, changes="direct")
+        self.outbound = None
         self.closed = False
         events.emit(Kind.VM_CREATING, name=self.name)
         backend.running.add(self.name)

@@ -47,6 +47,7 @@ def fake_session(
         policy_watcher=watcher,
         channel=FakeChannel(ws),
         state=SimpleNamespace(changes=changes),
+        outbound=None,
         events=bus,
         recorder=rec,
     )

@@ -407,11 +407,29 @@ class RuleAssessor:
         self.egress_check = egress_check
 
     def assess(self, call: ToolCall) -> Assessment:
+        if call.name.startswith("mcp__"):  # a connector: asked, whatever its own hints say
+            return Assessment(
+                Risk.RISKY,
+                "It uses a connector tool, which can act outside this computer.",
+                "connector",
+            )
         if call.name not in TOOL_NAMES:
             return Assessment(Risk.FORBIDDEN, f"cowork has no tool named {call.name}.", "unknown")
         if call.name == "bash":
             return self._bash(str(call.input.get("command", "")))
+        if call.name == "web_fetch":
+            return self._web_fetch(str(call.input.get("url", "")))
         return self._file(call)
+
+    def _web_fetch(self, url: str) -> Assessment:
+        host = urlsplit(url).hostname or url
+        if self.egress_check is not None and not self.egress_check("GET", url)[0]:
+            return Assessment(
+                Risk.FORBIDDEN,
+                f"The policy does not allow {host}; an administrator can grant it.",
+                "egress-policy",
+            )
+        return ROUTINE
 
     # --- file tools ------------------------------------------------------------------
     def _file(self, call: ToolCall) -> Assessment:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import anthropic
 
 from cowork.errors import AgentError, ChannelError, SecretError
+from cowork.host.agent.content import ContentLayer, Provenance, provenance_of
 from cowork.host.agent.hooks import GuestHooks
 from cowork.host.agent.loop import (
     AgentLoop,
@@ -172,7 +173,7 @@ class AnthropicModel:
             max_tokens=self.settings.max_tokens,
             system=action.system,
             messages=[dict(m) for m in action.messages],  # type: ignore[misc]
-            tools=list(TOOL_SCHEMAS),  # type: ignore[arg-type]
+            tools=[dict(t) for t in action.tools] or list(TOOL_SCHEMAS),  # type: ignore[misc,arg-type]
         ) as stream:
             for event in stream:
                 if event.type == "text":
@@ -197,7 +198,11 @@ class Driver:
         hooks: GuestHooks | None = None,
         on_text: Callable[[str], None] = lambda _t: None,
         on_action: Callable[[str, ToolCall, Decision], None] = lambda _k, _c, _d: None,
+        content: ContentLayer | None = None,
+        on_outside: Callable[[Provenance], None] = lambda _p: None,
     ) -> None:
+        self.content = content
+        self.on_outside = on_outside
         self.model = model
         self.tools = tools
         self.approver = approver
@@ -324,7 +329,30 @@ class Driver:
             is_error=outcome.is_error,
             output=outcome.text[:4000],
         )
-        return outcome
+        return self._screen(call, outcome)
+
+    def _screen(self, call: ToolCall, outcome: ToolOutcome) -> ToolOutcome:
+        """The content layer: provenance, neutralisation, envelope; outside text marks."""
+        if self.content is None:
+            return outcome
+        prov = provenance_of(call.name, call.input)
+        text, findings = self.content.process(outcome.text, prov)
+        for kind, n in outcome.findings:
+            findings.add(kind, n)
+        if findings:
+            self.events.emit(
+                Kind.CONTENT_NEUTRALISED,
+                call_id=call.id,
+                tool=call.name,
+                origin=str(prov.origin),
+                source=prov.source,
+                counts=dict(findings.counts),
+                message=f"{prov.label().capitalize()}: {findings.plain()}; it was shown to "
+                "the agent as data.",
+            )
+        if prov.origin.outside:
+            self.on_outside(prov)
+        return ToolOutcome(text, outcome.is_error)
 
     def _execute(self, call: ToolCall) -> ToolOutcome:
         if self.hooks is not None:

@@ -70,6 +70,8 @@ class CallModel:
     turn: int  # 1-based
     system: str
     messages: tuple[Mapping[str, Any], ...]
+    #: The tools the model may use; empty means the built-in set.
+    tools: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -156,6 +158,8 @@ class Answer:
 class ToolOutcome:
     text: str
     is_error: bool = False
+    #: What the tool itself neutralised before the host saw the text (kind, count).
+    findings: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -200,7 +204,9 @@ class AgentLoop:
         settings: AgentSettings,
         system: str = SYSTEM_PROMPT,
         history: Sequence[Mapping[str, Any]] = (),
+        tools: Sequence[Mapping[str, Any]] = (),
     ) -> None:
+        self.tools = tuple(tools)
         if not task.strip():
             raise ValueError("the task is empty")
         self.task = task
@@ -251,7 +257,7 @@ class AgentLoop:
                     "may be unfinished",
                 )
             counts.turns += 1
-            reply = yield CallModel(counts.turns, self.system, tuple(self.messages))
+            reply = yield CallModel(counts.turns, self.system, tuple(self.messages), self.tools)
             if isinstance(reply, Interrupted):
                 raise _Stop(StopReason.INTERRUPTED, "interrupted while the model was answering")
             if isinstance(reply, ModelFailed):

@@ -51,6 +51,7 @@ from cowork.host.egress.gate import (
 )
 from cowork.host.egress.grants import Grant
 from cowork.host.egress.reflection import Needles, reflects
+from cowork.host.egress.taint import carries_data_out
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,12 @@ class Services(Protocol):
     async def secret(self, credential_id: str) -> str: ...
 
     async def emit(self, kind: str, fields: dict[str, Any]) -> None: ...
+
+    async def hold(
+        self, method: str, host: str, port: int, path: str, nbytes: int, grant_id: str
+    ) -> tuple[bool, str]:
+        """After outside content: may this request carry data out? (May wait for a person.)"""
+        ...
 
 
 MAX_PENDING_EVENTS = 1024
@@ -441,6 +448,15 @@ class GateAddon:
             await self._deny(flow, 403, decision.reason, grant=decision.grant_id, **desc)
             return
         grant = decision.grant
+        if carries_data_out(req.method, req.path, facts.headers):  # asked only after a mark
+            held = await self._call(
+                self._services.hold, req.method, decision.host, req.port,
+                redact_path(req.path), len(req.raw_content or b""), grant.id,
+            )  # fmt: skip
+            if not (isinstance(held, tuple) and len(held) == 2 and held[0] is True):
+                reason = str(held[1]) if isinstance(held, tuple) and len(held) == 2 else "held"
+                await self._deny(flow, 403, reason, grant=grant.id, **desc)
+                return
         state = _FlowState(
             grant_id=grant.id,
             host=decision.host,

@@ -45,6 +45,7 @@ from cowork.errors import CoworkError, EgressError
 from cowork.host.egress import ca as ca_mod
 from cowork.host.egress.floor import address_allowed
 from cowork.host.egress.grants import Grant
+from cowork.host.egress.taint import Outbound, OutboundHold
 from cowork.host.events import EventBus, Kind
 from cowork.host.secrets import Secrets
 
@@ -68,8 +69,13 @@ CA_ENV_VARS = (
     "GIT_SSL_CAINFO",
     "PIP_CERT",
 )
-#: Parent-side worker threads per host service: one kind cannot starve another.
-_SERVICE_WORKERS = {"grants": 4, "resolve": 8, "address_allowed": 4, "secret": 4, "emit": 2}
+#: Parent-side worker threads per host service: one kind cannot starve another (a request
+#: held for a person's answer waits on its own pool).
+_SERVICE_WORKERS = {
+    "grants": 4, "resolve": 8, "address_allowed": 4, "secret": 4, "emit": 2, "hold": 8,
+}  # fmt: skip
+#: A held request waits for the person at most this long, then is refused.
+_HOLD_TIMEOUT = 900.0
 _ALLOWED_EVENT_KINDS = {str(Kind.EGRESS_ALLOWED), str(Kind.EGRESS_DENIED)}
 
 
@@ -130,6 +136,7 @@ class GatewaySettings:
             "address_allowed": 5.0,
             "secret": 30.0,
             "emit": 5.0,
+            "hold": _HOLD_TIMEOUT,  # a person may be asked
         }
     )
     auth_timeout_s: float = 10.0
@@ -174,6 +181,8 @@ class Gateway:
         self._address_check: AddressCheck = address_allowed
         self._pools: dict[str, ThreadPoolExecutor] = {}
         self._send_lock = threading.Lock()
+        #: The session's mark and the hold for data going out after outside content.
+        self.outbound = OutboundHold()
 
     # --- public API -----------------------------------------------------------------------
     @classmethod
@@ -188,6 +197,7 @@ class Gateway:
         settings: GatewaySettings | None = None,
         upstream_ca_file: Path | None = None,
         runtime_dir: Path | None = None,
+        outbound: OutboundHold | None = None,
     ) -> Gateway:
         """Start a gateway and wait until it listens. Raises :class:`EgressError`."""
         settings = settings or GatewaySettings()
@@ -199,6 +209,7 @@ class Gateway:
         self._secrets = secrets
         self._resolver = resolver or system_resolver
         self._address_check = address_check or address_allowed
+        self.outbound = outbound or OutboundHold()
         self._token = _random.token_urlsafe(32)
         ca_file = upstream_ca_file or system_ca_bundle()
         session_ca = ca_mod.generate_ca()
@@ -384,7 +395,29 @@ class Gateway:
             if kind in _ALLOWED_EVENT_KINDS and self._events is not None:
                 self._events.emit(Kind(kind), **fields)
             return None
+        if name == "hold":
+            return self._hold(Outbound(str(args[0]), str(args[1]), int(args[2]), str(args[3]),
+                                       int(args[4]), str(args[5])))  # fmt: skip
         raise EgressError(f"unknown egress service {name!r}")
+
+    def _hold(self, request: Outbound) -> tuple[bool, str]:
+        verdict = self.outbound.decide(request)
+        if self.outbound.marked and self._events is not None:
+            self._events.emit(
+                Kind.EGRESS_HELD,
+                method=request.method,
+                host=request.host,
+                port=request.port,
+                path=request.path,
+                grant=request.grant_id,
+                bytes_out=request.nbytes,
+                allowed=verdict.allowed,
+                asked=verdict.asked,
+                reason=verdict.reason,
+                message=("Allowed" if verdict.allowed else "Held and refused")
+                + f": {request.plain()} — {verdict.reason}.",
+            )
+        return verdict.allowed, verdict.reason
 
 
 # --- child process ------------------------------------------------------------------------
@@ -466,6 +499,12 @@ class _RpcServices:
 
     async def emit(self, kind: str, fields: Mapping[str, Any]) -> None:
         await self._call("emit", kind, dict(fields))
+
+    async def hold(
+        self, method: str, host: str, port: int, path: str, nbytes: int, grant_id: str
+    ) -> tuple[bool, str]:
+        ok, reason = await self._call("hold", method, host, port, path, nbytes, grant_id)
+        return ok is True, str(reason)
 
 
 def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:

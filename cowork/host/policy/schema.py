@@ -152,6 +152,14 @@ class AgentSection(_Section):
     )
     max_turns: int = Field(default=50, ge=1, le=10000)
     max_tokens: int = Field(default=8192, ge=1, le=1_000_000)
+    after_outside_content: Literal["ask", "deny", "off"] = Field(
+        default="ask",
+        description=(
+            "After outside text (a web page, a connector) entered the agent's context, "
+            "requests that can send data out are asked about (ask), refused (deny) or "
+            "passed (off)."
+        ),
+    )
 
     @field_validator("base_url")
     @classmethod

@@ -66,7 +66,8 @@ def test_25_exfiltration_attempts_all_denied(tmp_path, monkeypatch, mode):
     ]
     print(f"\nred team ({mode}): {len(denials)}/25 attempts denied, 0 leaked")
     assert len(denials) == 25
-    assert summary.ran == 0 and runner.commands == []
+    assert summary.ran == 0
+    assert [c for c in runner.commands if "guest/skills.py" not in c] == []  # only the skill list
     sent = json.dumps(server.requests)
     assert MARKER not in sent
     assert all(MARKER not in out for out in runner.outputs)
