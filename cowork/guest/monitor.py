@@ -118,7 +118,7 @@ _SECRET_KEY = re.compile(
     r"(?i)(pass(word|wd)?|secret|token|api[_-]?key|access[_-]?key|auth|credential|private[_-]?key)"
 )
 _SECRET_VALUE = re.compile(
-    r"^(sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|xox[abpr]-\S{10,}"
+    r"^(sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}|(?:AKIA|ASIA)[0-9A-Z]{16,}|xox[abpr]-\S{10,}"
     r"|eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\..*|[A-Fa-f0-9]{40,}|[A-Za-z0-9+/_-]{40,}={0,2})$"
 )
 

@@ -29,6 +29,11 @@ def test_argv_is_truncated_and_secrets_are_masked():
     assert len(many) == m.MAX_ARGS + 1 and many[-1] == "… 68 more"
 
 
+def test_cloud_key_ids_of_any_length_are_masked():
+    for key in ("AKIAIOSFODNN7EXAMPLE", "ASIAIOSFODNN7EXAMPLE", "AKIACOWORKE2EMARKER00"):
+        assert m.mask_argv(["grep", "-e", key, "/"]) == ["grep", "-e", "***", "/"]
+
+
 def test_proc_connector_messages_round_trip():
     msg = m.proc_listen_message()
     length, mtype = struct.unpack_from("=IH", msg)
