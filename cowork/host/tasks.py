@@ -185,6 +185,10 @@ def run_session_task(
     cb = callbacks or TaskCallbacks()
     plan = plan_task(session, options)
     transcript = Transcript.create(session.paths, session.workspace) if options.transcript else None
+    skipped: list[str] = []
+    servers = workspace_servers(session.workspace, plan.hooks_trusted, skipped)
+    for note in skipped:
+        cb.on_notice(f"Not started: {note}.")
     with contextlib.ExitStack() as stack:
         if model is None:
             model, used, _demo = stack.enter_context(
@@ -205,7 +209,7 @@ def run_session_task(
             hooks_trusted=plan.hooks_trusted,
             changes_staged=session.state.changes == "staged",
             outbound=session.outbound,
-            mcp_servers=workspace_servers(session.workspace, plan.hooks_trusted),
+            mcp_servers=servers,
             transcript=transcript,
             on_text=cb.on_text,
             on_action=cb.on_action,

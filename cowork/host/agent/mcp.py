@@ -61,9 +61,13 @@ class ServerSpec:
     source: str = ""  # which configuration named it
 
 
-def servers_from_mcp_json(text: str, source: str = ".mcp.json") -> list[ServerSpec]:
+def servers_from_mcp_json(
+    text: str, source: str = ".mcp.json", skipped: list[str] | None = None
+) -> list[ServerSpec]:
     """The stdio servers of a ``.mcp.json`` (``{"mcpServers": {name: {command, args, env}}}``).
 
+    A remote server (an entry with a ``url`` and no ``command``) is not started: cowork runs
+    servers inside the VM only. Its name, with why, is added to ``skipped`` when given.
     Raises :class:`AgentError` naming the file and the entry for anything malformed.
     """
     try:
@@ -78,6 +82,13 @@ def servers_from_mcp_json(text: str, source: str = ".mcp.json") -> list[ServerSp
         where = f"{source}: mcpServers.{name}"
         if not _NAME.match(str(name)):
             raise AgentError(f"{where}: a server name may use only letters, digits, - and _")
+        if isinstance(entry, dict) and "command" not in entry and "url" in entry:
+            if skipped is not None:
+                skipped.append(
+                    f"{where}: a remote server, which cowork does not start (only servers "
+                    "with a 'command', run inside the VM)"
+                )
+            continue
         if not isinstance(entry, dict) or not isinstance(entry.get("command"), str):
             raise AgentError(f"{where}: needs a 'command' (only stdio servers are supported)")
         args = entry.get("args", [])
@@ -294,12 +305,14 @@ def start_servers(
     return McpHub(servers)
 
 
-def workspace_servers(workspace: Path, trusted: bool) -> list[ServerSpec]:
+def workspace_servers(
+    workspace: Path, trusted: bool, skipped: list[str] | None = None
+) -> list[ServerSpec]:
     """The servers of the workspace's own ``.mcp.json``: none (the file is not even read)
-    unless the person trusted the folder."""
+    unless the person trusted the folder. Servers cowork does not start go to ``skipped``."""
     if not trusted:
         return []
     path = workspace / ".mcp.json"
     if not path.is_file():
         return []
-    return servers_from_mcp_json(path.read_text(encoding="utf-8"), str(path))
+    return servers_from_mcp_json(path.read_text(encoding="utf-8"), str(path), skipped)

@@ -84,11 +84,19 @@ def test_mcp_json_parsing_names_the_problem() -> None:
         ("{", "not valid JSON"),
         ("[]", "mcpServers"),
         ('{"mcpServers": {"a b": {"command": "x"}}}', "server name"),
-        ('{"mcpServers": {"a": {"url": "https://x"}}}', "stdio"),
+        ('{"mcpServers": {"a": {"type": "sse"}}}', "stdio"),
         ('{"mcpServers": {"a": {"command": "x", "args": [1]}}}', "args"),
     ):
         with pytest.raises(AgentError, match=words):
             servers_from_mcp_json(bad)
+
+
+def test_a_remote_server_is_skipped_and_named() -> None:
+    skipped: list[str] = []
+    text = '{"mcpServers": {"far": {"url": "https://x"}, "near": {"command": "python3"}}}'
+    specs = servers_from_mcp_json(text, "ws/.mcp.json", skipped)
+    assert [s.name for s in specs] == ["near"]
+    assert len(skipped) == 1 and "mcpServers.far" in skipped[0] and "remote" in skipped[0]
 
 
 def test_a_server_that_is_not_mcp_fails_to_start_with_a_clear_error(tmp_path: Path) -> None:
