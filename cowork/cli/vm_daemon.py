@@ -156,6 +156,15 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"state:       {s.state} ({'busy' if s.busy else 'idle'})")
             print(f"workspace:   {s.workspace}")
             print(f"boot time:   {s.boot_seconds:.1f} s")
+            print(f"started by:  {s.start_mode} ({s.boot_seconds:.1f} s to ready)")
             print(f"accel:       {s.accel}")
+            print(f"changes:     {s.changes}")
             print(f"kept:        {'yes' if s.kept else 'no (removed when its command ends)'}")
+            if s.agent_ids:
+                print(f"agent uid:   {s.agent_ids}")
+            if s.mounts:
+                print("mounts:")
+            for m in s.mounts:
+                mode = "read-only" if m.readonly else "read-write"
+                print(f"  {m.target:<28} {mode:<10} {m.source}")
     return 0

@@ -88,6 +88,16 @@ class Ok(Reply):
     type: Literal["ok"] = "ok"
 
 
+class MountInfo(BaseModel):
+    """One folder the VM sees: where in the guest, whether read-only, and from where."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target: str
+    readonly: bool
+    source: str
+
+
 class SessionInfo(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -103,6 +113,9 @@ class SessionInfo(BaseModel):
     gateway_pid: int | None = None
     gateway_rss_kib: int | None = None
     changes: str = "direct"  # "staged": the folder is read-only to it until changes are kept
+    start_mode: str = "cold"  # "cold" boot, "restore" of a template, or taken from the "pool"
+    agent_ids: str = ""  # "uid:gid" the agent runs as in the guest
+    mounts: list[MountInfo] = Field(default_factory=list)
 
 
 @reply

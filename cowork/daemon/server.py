@@ -541,6 +541,7 @@ class Daemon:
         ms = Managed(session=session, kept=kept)
         with self._lock:
             self._sessions[ms.name] = ms
+        self._notice(ms.name, f"VM {ms.name} ready in {session.state.boot_seconds:.1f} s", to)
         return ms, True
 
     def _find_locked(self, workspace: str) -> Managed | None:
@@ -644,7 +645,15 @@ class Daemon:
             qemu_rss_kib=_rss_kib(qpid),
             gateway_pid=gpid if isinstance(gpid, int) else None,
             gateway_rss_kib=_rss_kib(gpid if isinstance(gpid, int) else None),
-            changes=str(getattr(s.state, "changes", "direct")),
+            changes=str(s.state.changes),
+            start_mode=str(s.state.start_mode),
+            agent_ids=f"{s.state.agent_uid}:{s.state.agent_gid}",
+            mounts=[
+                p.MountInfo(
+                    target=str(m["target"]), readonly=bool(m["readonly"]), source=str(m["source"])
+                )
+                for m in s.state.mounts
+            ],
         )
 
     def _stop_task(self, ms: Managed, why: str) -> bool:

@@ -43,7 +43,11 @@ class LocalSession:
         self.policy = build(paths, workspace, trust)
         self.policy_watcher = SimpleNamespace(trust=trust, current=self.policy)
         # Files are written straight into the folder (no overlay without a VM).
-        self.state = SimpleNamespace(accel="tcg", boot_seconds=0.1, changes="direct")
+        self.state = SimpleNamespace(
+            accel="tcg", boot_seconds=0.1, changes="direct", start_mode="cold",
+            agent_uid=1000, agent_gid=1000,
+            mounts=[{"target": "/workspace", "readonly": False, "source": str(workspace)}],
+        )  # fmt: skip
         self.outbound = None
         self.backend = SimpleNamespace(
             status=lambda n: SimpleNamespace(state=SimpleNamespace(value="running"))

@@ -50,7 +50,11 @@ class FakeSession:
         trust = TrustStore(paths.trust_store)
         self.policy = build(paths, workspace, trust)
         self.policy_watcher = SimpleNamespace(trust=trust, current=self.policy)
-        self.state = SimpleNamespace(accel="tcg", boot_seconds=0.1, changes="direct")
+        self.state = SimpleNamespace(
+            accel="tcg", boot_seconds=0.1, changes="direct", start_mode="cold",
+            agent_uid=1000, agent_gid=1000,
+            mounts=[{"target": "/workspace", "readonly": False, "source": str(workspace)}],
+        )  # fmt: skip
         self.outbound = None
         self.closed = False
         events.emit(Kind.VM_CREATING, name=self.name)
