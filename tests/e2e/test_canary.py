@@ -139,6 +139,10 @@ def test_canary_workspace_is_never_acted_on_on_the_host(tmp_path: Path, canary_w
     run = ok(cli("run", "--demo", "--workspace", ws, "summarise my folder"))
     assert "demo model" in run.stdout
     proof = canary_ws.workspace / HOOK_PROOF
+    # The run's changes are staged: the hook's proof reaches the folder once they are kept.
+    assert not proof.exists(), run.stdout
+    assert "Nothing was changed in your folder" in run.stdout, run.stdout
+    ok(cli("changes", "apply"))
     assert proof.exists(), run.stdout
     assert proof.read_text().strip() == "cowork"  # the guest's hostname
     proc = ok(cli("exec", "--workspace", ws, "--", "cat /workspace/.env; hostname"))
