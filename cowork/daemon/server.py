@@ -600,14 +600,16 @@ class Daemon:
     def _fault(self, ms: Managed, exc: BaseException | None) -> str | None:
         """If the session's VM died, its channel is lost or its disk is full, remove it and
         say so plainly; None when the session is fine."""
-        from cowork.errors import ChannelError
+        from cowork.errors import ChannelError, CommandFailed
 
         if ms.fault is not None:  # the watchdog got there first: tell once the VM is gone
             ms.removed.wait(CLOSE_WAIT_S)
             return ms.fault
 
-        lost = isinstance(exc, ChannelError) and "lost" in str(exc)
-        if lost:  # libvirt may not have noticed a dead QEMU yet
+        # Any failure of the channel itself (lost, reset, refused) may be a dead QEMU that
+        # libvirt has not noticed yet.
+        lost = isinstance(exc, ChannelError) and not isinstance(exc, CommandFailed)
+        if lost:
             deadline = time.monotonic() + 10
             while self._alive(ms) and time.monotonic() < deadline:
                 time.sleep(0.2)
