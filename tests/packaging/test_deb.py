@@ -128,11 +128,14 @@ def test_install_run_as_a_user_and_purge(deb: Path) -> None:
             # The maintainer scripts are idempotent.
             sh(["/var/lib/dpkg/info/cowork.postinst", "configure", ""], env=env)
 
+            # Nothing of an earlier run of this test user (a service it started) stays up.
+            subprocess.run(["pkill", "-KILL", "-u", USER], check=False)
+            # `cowork exec` starts the user's service; it is stopped again before the purge.
             script = (
                 "printf cowork-test | gnome-keyring-daemon --unlock --components=secrets "
                 ">/dev/null 2>&1; cd ~ && command -v cowork && "
                 f"cowork exec --workspace {ws} -- sh -c 'cat /workspace/notes.txt; "
-                "echo made-in-vm > /workspace/from-vm.txt'"
+                "echo made-in-vm > /workspace/from-vm.txt'; rc=$?; cowork daemon stop; exit $rc"
             )
             proc = sh(
                 ["flock", "/tmp/cowork-vm.lock", "runuser", "-u", USER, "--", "env", "-i",
