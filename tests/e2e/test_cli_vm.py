@@ -43,7 +43,7 @@ def test_exec_streams_output_returns_the_exit_code_and_tears_down(cli, tmp_path)
     kinds = [e.kind for e in events]
     # The person's command once, beside the gateway's self-test at start (its own command).
     mine = [e for e in events if "notes.txt" in str(e.fields.get("command", ""))]
-    assert [e.kind for e in mine] == [Kind.COMMAND_STARTED]
+    assert [e.kind for e in mine] == [Kind.COMMAND_STARTED, Kind.COMMAND_FINISHED]
     assert kinds.count(Kind.COMMAND_STARTED) == kinds.count(Kind.COMMAND_FINISHED)
     assert kinds.count(Kind.EGRESS_SELFTEST) == 1
     assert Kind.VM_READY in kinds and Kind.SESSION_ENDED in kinds
