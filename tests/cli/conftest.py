@@ -36,6 +36,12 @@ class CLI:
         if "XDG_CACHE_HOME" not in self.env:
             self.env["XDG_CACHE_HOME"] = str(Path.home() / ".cache")
 
+    def close(self) -> None:
+        """Stop the cowork service the commands started (if any) and remove its folder."""
+        if (self.runtime / "cowork" / "daemon.sock").exists():
+            self("daemon", "stop", timeout=120)
+        shutil.rmtree(self.runtime, ignore_errors=True)
+
     @property
     def state_dir(self) -> Path:
         return self.root / "state" / "cowork"
@@ -60,6 +66,4 @@ def cli(tmp_path: Path) -> Iterator[CLI]:
     try:
         yield c
     finally:
-        if (c.runtime / "cowork" / "daemon.sock").exists():
-            c("daemon", "stop", timeout=120)
-        shutil.rmtree(c.runtime, ignore_errors=True)
+        c.close()

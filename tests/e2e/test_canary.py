@@ -97,8 +97,11 @@ def _sessions(cli: CLI) -> list[str]:
     return sorted(p.name for p in d.iterdir()) if d.exists() else []
 
 
-def test_canary_workspace_is_never_acted_on_on_the_host(tmp_path: Path, canary_ws: Canary) -> None:
+def test_canary_workspace_is_never_acted_on_on_the_host(
+    tmp_path: Path, canary_ws: Canary, request: pytest.FixtureRequest
+) -> None:
     cli = CLI(tmp_path / "home")
+    request.addfinalizer(cli.close)  # the service the commands started goes too
     ws = str(canary_ws.workspace)
 
     def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:

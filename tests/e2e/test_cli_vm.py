@@ -15,7 +15,11 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture
 def cli(tmp_path, image_ready):
-    return CLI(tmp_path / "home")
+    c = CLI(tmp_path / "home")
+    try:
+        yield c
+    finally:
+        c.close()  # the service the commands started goes too
 
 
 def _sessions(cli):
