@@ -23,15 +23,19 @@ class CLI:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.env = dict(os.environ)
-        for var, sub in (
-            ("XDG_CONFIG_HOME", "config"),
-            ("XDG_DATA_HOME", "data"),
-            ("XDG_STATE_HOME", "state"),
-        ):
+        for var, sub in (("XDG_DATA_HOME", "data"), ("XDG_STATE_HOME", "state")):
             self.env[var] = str(root / sub)
         # A short private runtime folder: the cowork service's socket lives there.
         self.runtime = Path(tempfile.mkdtemp(prefix="cwc", dir="/tmp"))
         self.env["XDG_RUNTIME_DIR"] = str(self.runtime)
+        # A normal user's libvirt (qemu:///session) is found through XDG_RUNTIME_DIR, so a
+        # private one starts a libvirt daemon of its own, which keeps its sockets under
+        # XDG_CONFIG_HOME: that path must stay short (unix socket paths are limited).
+        # ``root / "config"`` leads there too.
+        config = self.runtime / "config"
+        config.mkdir()
+        (root / "config").symlink_to(config)
+        self.env["XDG_CONFIG_HOME"] = str(config)
         self.env["PYTHONPATH"] = str(REPO)
         if "XDG_CACHE_HOME" not in self.env:
             self.env["XDG_CACHE_HOME"] = str(Path.home() / ".cache")
