@@ -93,6 +93,12 @@ def qcow2_backing_file(path: Path) -> str | None:
         return None
 
 
+def _all_reclaimable(kind: str, folder: Path, items: list[Path], how: str) -> Usage:
+    """A usage whose every item can be reclaimed (each tree is measured once)."""
+    size = sum(tree_size(p) for p in items)
+    return Usage(kind, folder, size, size, how, tuple(p.name for p in items))
+
+
 def _children(folder: Path) -> list[Path]:
     try:
         return sorted(folder.iterdir())
@@ -143,37 +149,18 @@ def disk_usage(paths: Paths, *, current_recipe: str | None = None) -> DiskReport
     ]
     leftovers = build_leftovers(paths)
     usages.append(
-        Usage(
-            "image builds",
-            paths.images,
-            sum(tree_size(p) for p in leftovers),
-            sum(tree_size(p) for p in leftovers),
-            "cowork image prune (interrupted builds)",
-            tuple(p.name for p in leftovers),
+        _all_reclaimable(
+            "image builds", paths.images, leftovers, "cowork image prune (interrupted builds)"
         )
     )
     sessions = [p for p in _children(paths.sessions) if p.is_dir()]
     usages.append(
-        Usage(
-            "sessions",
-            paths.sessions,
-            sum(tree_size(p) for p in sessions),
-            sum(tree_size(p) for p in sessions),
-            "cowork reset (stops and deletes every cowork VM)",
-            tuple(p.name for p in sessions),
+        _all_reclaimable(
+            "sessions", paths.sessions, sessions, "cowork reset (stops and deletes every cowork VM)"
         )
     )
     kept = [p for p in _children(paths.kept_overlays) if p.is_dir()]
-    usages.append(
-        Usage(
-            "kept overlays",
-            paths.kept_overlays,
-            sum(tree_size(p) for p in kept),
-            sum(tree_size(p) for p in kept),
-            "cowork reset",
-            tuple(p.name for p in kept),
-        )
-    )
+    usages.append(_all_reclaimable("kept overlays", paths.kept_overlays, kept, "cowork reset"))
     for kind, folder in (("staged changes", paths.change_sets), ("trash", paths.change_records)):
         usages.append(
             Usage(
