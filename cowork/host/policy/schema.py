@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cowork.host.egress.gate import PLACEHOLDER
 from cowork.host.egress.grants import Grant, check_host_pattern
 
 SCHEMA_VERSION = 1
@@ -218,8 +219,8 @@ class WorkspaceSection(_Section):
 #: A connector's name: it prefixes its tools (``mcp__<name>__<tool>``).
 MCP_NAME = re.compile(r"^[A-Za-z0-9_-]{1,48}$")
 #: The value a credential-shaped variable may hold, for a server that will not start without
-#: one: the real credential is added to its requests by the gateway, never given to it.
-MCP_PLACEHOLDER = "cowork-gateway-injects-this"
+#: one: the gateway removes it from requests and adds the real credential of the grant.
+MCP_PLACEHOLDER = PLACEHOLDER
 _CREDENTIAL_WORDS = frozenset(
     {"TOKEN", "KEY", "APIKEY", "SECRET", "PASSWORD", "PASSWD", "PASS", "PAT", "AUTH",
      "CREDENTIAL", "CREDENTIALS", "COOKIE", "BEARER", "PRIVATE"}

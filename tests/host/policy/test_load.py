@@ -347,7 +347,7 @@ def test_mcp_servers_are_validated_naming_file_line_key_and_value(tmp_path):
     (token,) = problems_of(tmp_path, text)
     assert token.startswith(f"{tmp_path / 'policy.toml'}:4: mcp.servers.tracker.env: ")
     assert "GITHUB_TOKEN looks like a credential" in token
-    assert "cowork creds set" in token and "cowork-gateway-injects-this" in token
+    assert "cowork creds set" in token and "cowork-managed" in token
     assert "ghp_x" not in token  # a credential's value is never repeated back
     (name,) = problems_of(tmp_path, '[mcp.servers."bad name"]\ncommand = "x"\n')
     assert "mcp.servers" in name and "'bad name'" in name and "letters, digits" in name
@@ -359,7 +359,7 @@ def test_mcp_server_needs_a_command_and_may_hold_the_placeholder(tmp_path):
     ok = tmp_path / "ok.toml"
     ok.write_text(
         '[mcp.servers.gh]\ncommand = "gh-mcp"\n'
-        'env = { GITHUB_PERSONAL_ACCESS_TOKEN = "cowork-gateway-injects-this", KEYBOARD = "x" }\n'
+        'env = { GITHUB_PERSONAL_ACCESS_TOKEN = "cowork-managed", KEYBOARD = "x" }\n'
     )
     assert check_file(ok) == []
 
