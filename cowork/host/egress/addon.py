@@ -459,10 +459,11 @@ class GateAddon:
             await self._deny(flow, 403, decision.reason, grant=decision.grant_id, **desc)
             return
         grant = decision.grant
-        if carries_data_out(req.method, req.path, facts.headers):  # asked only after a mark
+        nbytes = len(req.raw_content or b"")
+        if carries_data_out(req.method, req.path, facts.headers, nbytes):  # asked after a mark
             held = await self._call(
                 self._services.hold, req.method, decision.host, req.port,
-                redact_path(req.path), len(req.raw_content or b""), grant.id,
+                redact_path(req.path), nbytes, grant.id,
             )  # fmt: skip
             if not (isinstance(held, tuple) and len(held) == 2 and held[0] is True):
                 reason = str(held[1]) if isinstance(held, tuple) and len(held) == 2 else "held"

@@ -12,8 +12,14 @@ out, asks the host (over the gateway's service pipe) for :meth:`OutboundHold.dec
   fails) is refused.
 
 A request can carry data out when its method is anything but GET, HEAD or OPTIONS, when it is
-the first step of a ``git push`` (``GET .../info/refs?service=git-receive-pack``), or when it
-asks for a protocol upgrade (a websocket carries data both ways).
+the first step of a ``git push`` (``GET .../info/refs?service=git-receive-pack``), when it
+asks for a protocol upgrade (a websocket carries data both ways), or when a read carries a
+body anyway.
+
+Not held (a known limit): data a read carries in its URL (a long query or path under a grant
+whose paths allow it) or in its headers. A grant's exact paths and methods are the bound there;
+a grant with broad paths (``/**``) on a host that logs requests is an exfiltration path after
+outside content, and should not be given to sessions that read untrusted text.
 
 What marks the session:
 
@@ -84,9 +90,13 @@ def _is_git_push(method: str, path: str) -> bool:
     return "git-receive-pack" in path
 
 
-def carries_data_out(method: str, path: str, headers: Sequence[tuple[str, str]] = ()) -> bool:
-    """Can this request carry data out of the session? (Unknown shapes: yes.)"""
-    if method.upper() not in READ_METHODS:
+def carries_data_out(
+    method: str, path: str, headers: Sequence[tuple[str, str]] = (), nbytes: int = 0
+) -> bool:
+    """Can this request carry data out of the session? (Unknown shapes: yes.)
+
+    ``nbytes`` is the size of the body as sent; a read with a body carries it out."""
+    if method.upper() not in READ_METHODS or nbytes > 0:
         return True
     if _is_git_push(method, path):
         return True

@@ -146,3 +146,14 @@ def test_a_response_that_cannot_be_recorded_never_reaches_the_guest(env: Env) ->
         env.gateway.outbound = previous
     assert r.status_code == 502 and "recorded as outside content" in r.text
     assert [s.method for s in env.upstream.requests] == ["GET"]
+
+
+def test_after_outside_content_a_get_with_a_body_is_held(env: Env, hold: OutboundHold) -> None:
+    hold.mark("web", "page.test")
+    asked: list[str] = []
+    with hold.asking(lambda q, r: asked.append(q) or False), client(env) as c:
+        r = c.request(
+            "GET", api(env, "/echo/reflect/clean", "echo.allowed.test"), content=b"figures"
+        )
+    assert r.status_code == 403 and env.upstream.requests == []
+    assert len(asked) == 1 and "GET request" in asked[0] and "7 bytes" in asked[0]

@@ -30,6 +30,12 @@ def test_what_can_carry_data_out(
     assert carries_data_out(method, path, headers) is out
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS"])
+def test_a_read_with_a_body_carries_it_out(method: str) -> None:
+    assert carries_data_out(method, "/search", (), nbytes=1) is True
+    assert carries_data_out(method, "/search", (), nbytes=0) is False
+
+
 def test_before_a_mark_everything_passes_unasked() -> None:
     asked: list[str] = []
     hold = OutboundHold(mode=lambda: "deny")
