@@ -289,6 +289,8 @@ class LocalParts:
 def _plain(value: Any) -> Any:
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json", exclude_defaults=True)
     if isinstance(value, Path):

@@ -20,6 +20,8 @@ def _paths() -> Paths:
 def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
     if hasattr(value, "model_dump"):
         return value.model_dump(mode="json", exclude_defaults=True)
     if isinstance(value, Path):

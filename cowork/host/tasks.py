@@ -25,7 +25,7 @@ from cowork.host.agent.driver import (
     resolve_api_key,
 )
 from cowork.host.agent.loop import Decision, RunSummary, ToolCall
-from cowork.host.agent.mcp import workspace_servers
+from cowork.host.agent.mcp import ServerSpec, configured_servers
 from cowork.host.agent.offline import OfflineModel, demo_script
 from cowork.host.agent.settings import AgentSettings, ApprovalMode
 from cowork.host.agent.task import run_task
@@ -150,6 +150,10 @@ class TaskPlan:
     settings: AgentSettings
     mode: ApprovalMode
     hooks_trusted: bool
+    #: Connectors to start: admin policy and user settings, then a trusted workspace's.
+    servers: tuple[ServerSpec, ...] = ()
+    #: Connectors named but not started, with why.
+    skipped: tuple[str, ...] = ()
 
 
 def plan_task(session: Session, options: TaskOptions) -> TaskPlan:
@@ -161,7 +165,16 @@ def plan_task(session: Session, options: TaskOptions) -> TaskPlan:
         )
     settings = agent_settings(policy)
     mode = settings.resolve_mode(options.mode)
-    return TaskPlan(settings=settings, mode=mode, hooks_trusted=hooks_trusted(session))
+    trusted = hooks_trusted(session)
+    skipped: list[str] = []
+    servers = configured_servers(policy, session.workspace, trusted, skipped)
+    return TaskPlan(
+        settings=settings,
+        mode=mode,
+        hooks_trusted=trusted,
+        servers=tuple(servers),
+        skipped=tuple(skipped),
+    )
 
 
 def run_session_task(
@@ -185,9 +198,7 @@ def run_session_task(
     cb = callbacks or TaskCallbacks()
     plan = plan_task(session, options)
     transcript = Transcript.create(session.paths, session.workspace) if options.transcript else None
-    skipped: list[str] = []
-    servers = workspace_servers(session.workspace, plan.hooks_trusted, skipped)
-    for note in skipped:
+    for note in plan.skipped:
         cb.on_notice(f"Not started: {note}.")
     with contextlib.ExitStack() as stack:
         if model is None:
@@ -209,7 +220,7 @@ def run_session_task(
             hooks_trusted=plan.hooks_trusted,
             changes_staged=session.state.changes == "staged",
             outbound=session.outbound,
-            mcp_servers=servers,
+            mcp_servers=plan.servers,
             transcript=transcript,
             on_text=cb.on_text,
             on_action=cb.on_action,

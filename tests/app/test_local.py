@@ -3,6 +3,7 @@ loopback (key checks) and keyring's in-memory backend (the Secret Service is tes
 tests/host/test_secrets.py)."""
 
 import http.server
+import json
 import threading
 from pathlib import Path
 
@@ -164,3 +165,12 @@ def test_folder_check_uses_these_paths(parts, tmp_path):
     own.mkdir(parents=True, exist_ok=True)
     assert "cowork's own folder" in parts.check_folder(own).refusal
     assert isinstance(parts.check_folder(Path(tmp_path)).usable, bool)
+
+
+def test_effective_policy_shows_connectors(parts):
+    settings = parts.paths.user_settings_file
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text('[mcp.servers.notes]\ncommand = "notes-mcp"\n')
+    rows = {r.key: r for r in parts.effective_policy().rows}
+    assert json.loads(rows["mcp.servers"].value) == {"notes": {"command": "notes-mcp"}}
+    assert rows["mcp.servers"].layer == "user"

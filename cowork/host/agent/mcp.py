@@ -1,7 +1,8 @@
 """MCP servers (stdio) inside the VM, spoken to from the host with the official ``mcp`` SDK.
 
-A server named in trusted configuration (:func:`servers_from_mcp_json`: a trusted
-workspace's ``.mcp.json``) is started **inside the VM** as the agent user, through the private
+A server named in trusted configuration (:func:`configured_servers`: ``mcp.servers`` in admin
+policy or user settings, and a trusted workspace's ``.mcp.json``) is started **inside the VM**
+as the agent user, through the private
 channel (:meth:`cowork.host.channel.Channel.open_stream`); its network traffic goes through
 the egress gateway like every other guest process, and a credential it needs is injected by
 the gateway, never given to it. The host speaks JSON-RPC to it over that stream with
@@ -26,7 +27,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 from mcp import ClientSession, types
@@ -34,6 +35,9 @@ from mcp.shared.message import SessionMessage
 
 from cowork.errors import AgentError
 from cowork.host.agent.loop import ToolOutcome
+
+if TYPE_CHECKING:
+    from cowork.host.policy import Policy
 
 log = logging.getLogger(__name__)
 
@@ -316,3 +320,39 @@ def workspace_servers(
     if not path.is_file():
         return []
     return servers_from_mcp_json(path.read_text(encoding="utf-8"), str(path), skipped)
+
+
+_LAYER_NAMES = {"admin": "admin policy", "user": "user settings"}
+
+
+def policy_servers(policy: Policy) -> list[ServerSpec]:
+    """The servers of ``mcp.servers`` (admin policy and user settings, merged by the policy)."""
+    out: list[ServerSpec] = []
+    for name, entry in policy.mcp.servers.items():
+        layer = policy.server_origins.get(name, "admin")
+        source = f"{_LAYER_NAMES.get(layer, layer)}: mcp.servers.{name}"
+        out.append(ServerSpec(name, entry.command, tuple(entry.args), dict(entry.env), source))
+    return out
+
+
+def configured_servers(
+    policy: Policy, workspace: Path, trusted: bool, skipped: list[str] | None = None
+) -> list[ServerSpec]:
+    """Every server a task starts: those of admin policy and user settings, then those of the
+    workspace's ``.mcp.json`` when the person trusts the folder.
+
+    A name clash is settled for the stronger side: a workspace server with the name of one
+    from admin policy or user settings is not started (it goes to ``skipped`` with why), so a
+    workspace can never stand in for a connector someone configured for every folder."""
+    out = policy_servers(policy)
+    taken = {s.name: s.source for s in out}
+    for spec in workspace_servers(workspace, trusted, skipped):
+        if spec.name in taken:
+            if skipped is not None:
+                skipped.append(
+                    f"{spec.source}: mcpServers.{spec.name}: a connector of that name comes "
+                    f"from {taken[spec.name]}, which is used instead"
+                )
+            continue
+        out.append(spec)
+    return out

@@ -14,6 +14,12 @@ Secrets are fetched per request and kept on the flow's state only until its resp
 A response that reflects the secret in any form :mod:`cowork.host.egress.reflection` detects
 is replaced by a 502 before it reaches the guest (refused, not edited).
 
+Outside content: every response from an upstream that is about to be delivered to the guest is
+reported to the host first (:meth:`Services.delivered`), which marks the session (see
+:mod:`cowork.host.egress.taint`); a response that cannot be reported is replaced by a 502, so
+nothing from outside reaches the guest unrecorded. Responses the gateway writes itself
+(refusals) are not reported.
+
 Resources before authentication: the proxy token is checked in ``http_connect`` and
 ``requestheaders``, before any request body is read; an unauthenticated request that
 announces a body is dropped unread. Per client connection the addon bounds the time to present
@@ -77,6 +83,11 @@ class Services(Protocol):
         self, method: str, host: str, port: int, path: str, nbytes: int, grant_id: str
     ) -> tuple[bool, str]:
         """After outside content: may this request carry data out? (May wait for a person.)"""
+        ...
+
+    async def delivered(self, host: str) -> None:
+        """A response from ``host`` is about to reach the guest: outside content enters the
+        session. Returns once it is recorded; raises when it could not be."""
         ...
 
 
@@ -448,10 +459,11 @@ class GateAddon:
             await self._deny(flow, 403, decision.reason, grant=decision.grant_id, **desc)
             return
         grant = decision.grant
-        if carries_data_out(req.method, req.path, facts.headers):  # asked only after a mark
+        nbytes = len(req.raw_content or b"")
+        if carries_data_out(req.method, req.path, facts.headers, nbytes):  # asked after a mark
             held = await self._call(
                 self._services.hold, req.method, decision.host, req.port,
-                redact_path(req.path), len(req.raw_content or b""), grant.id,
+                redact_path(req.path), nbytes, grant.id,
             )  # fmt: skip
             if not (isinstance(held, tuple) and len(held) == 2 and held[0] is True):
                 reason = str(held[1]) if isinstance(held, tuple) and len(held) == 2 else "held"
@@ -562,15 +574,23 @@ class GateAddon:
         state = self._flows.get(flow.id)
         if state is None:
             return
-        refused = False
+        why = ""
         try:
-            if state.needles is not None and flow.response is not None:
-                refused = self._reflects(flow.response, state.needles)
+            needles, resp = state.needles, flow.response
+            if needles is not None and resp is not None and self._reflects(resp, needles):
+                why = "the response reflected the injected credential"
         except Exception:
             log.error("egress: could not check a response for the credential; refused")
-            refused = True
+            why = "the response reflected the injected credential"
+        if not why and flow.response is not None:
+            try:  # outside content enters the session: recorded before the guest sees it
+                await self._call(self._services.delivered, state.host)
+            except Exception:
+                log.error("egress: could not record a response as outside content; refused")
+                why = "the response could not be recorded as outside content"
+        refused = bool(why)
         if refused:
-            self._refuse(flow, 502, "the response reflected the injected credential")
+            self._refuse(flow, 502, why)
         if not (state.websocket and flow.websocket is not None) or refused:
             self._flows.pop(flow.id, None)
         await self._emit(
@@ -582,7 +602,7 @@ class GateAddon:
             status=flow.response.status_code if flow.response else None,
             bytes_sent=len(flow.request.raw_content or b""),
             bytes_received=len(flow.response.raw_content or b"") if flow.response else 0,
-            **({"reason": "the response reflected the injected credential"} if refused else {}),
+            **({"reason": why} if refused else {}),
         )
 
     @staticmethod

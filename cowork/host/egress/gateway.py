@@ -18,6 +18,9 @@ Contract:
 - the resolver and the address check are injectable through the Python API only; the default
   address check is :func:`cowork.host.egress.floor.address_allowed`. Any failure in a parent
   service denies the request;
+- every response from an upstream is reported to the parent before the guest gets it, and
+  marks :attr:`Gateway.outbound` (see :mod:`cowork.host.egress.taint`); after a mark, a
+  request that can carry data out waits on the parent's decision (the ``hold`` service);
 - a fresh CA per gateway; the private key stays in a 0700 directory on the host that is
   removed by :meth:`Gateway.stop`. :attr:`Gateway.ca_cert_pem` is what the guest trusts.
 """
@@ -73,6 +76,7 @@ CA_ENV_VARS = (
 #: held for a person's answer waits on its own pool).
 _SERVICE_WORKERS = {
     "grants": 4, "resolve": 8, "address_allowed": 4, "secret": 4, "emit": 2, "hold": 8,
+    "delivered": 4,
 }  # fmt: skip
 #: A held request waits for the person at most this long, then is refused.
 _HOLD_TIMEOUT = 900.0
@@ -137,6 +141,7 @@ class GatewaySettings:
             "secret": 30.0,
             "emit": 5.0,
             "hold": _HOLD_TIMEOUT,  # a person may be asked
+            "delivered": 10.0,
         }
     )
     auth_timeout_s: float = 10.0
@@ -398,7 +403,24 @@ class Gateway:
         if name == "hold":
             return self._hold(Outbound(str(args[0]), str(args[1]), int(args[2]), str(args[3]),
                                        int(args[4]), str(args[5])))  # fmt: skip
+        if name == "delivered":
+            self._delivered(str(args[0]))
+            return None
         raise EgressError(f"unknown egress service {name!r}")
+
+    def _delivered(self, host: str) -> None:
+        """A response from ``host`` is on its way to the guest: mark the session (armed only
+        once an agent task ran in it) and say so the first time for each host."""
+        first = self.outbound.mark_delivered(host)
+        if first and self._events is not None:
+            self._events.emit(
+                Kind.SESSION_MARKED,
+                origin="network",
+                source=host,
+                message=f"A program in the VM received a response from {host}, which the "
+                "agent may read. From now on, anything that would send data out of this "
+                "session is held and asked about first.",
+            )
 
     def _hold(self, request: Outbound) -> tuple[bool, str]:
         verdict = self.outbound.decide(request)
@@ -505,6 +527,9 @@ class _RpcServices:
     ) -> tuple[bool, str]:
         ok, reason = await self._call("hold", method, host, port, path, nbytes, grant_id)
         return ok is True, str(reason)
+
+    async def delivered(self, host: str) -> None:
+        await self._call("delivered", host)
 
 
 def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:

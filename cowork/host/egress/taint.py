@@ -12,8 +12,33 @@ out, asks the host (over the gateway's service pipe) for :meth:`OutboundHold.dec
   fails) is refused.
 
 A request can carry data out when its method is anything but GET, HEAD or OPTIONS, when it is
-the first step of a ``git push`` (``GET .../info/refs?service=git-receive-pack``), or when it
-asks for a protocol upgrade (a websocket carries data both ways).
+the first step of a ``git push`` (``GET .../info/refs?service=git-receive-pack``), when it
+asks for a protocol upgrade (a websocket carries data both ways), or when a read carries a
+body anyway.
+
+Not held (a known limit): data a read carries in its URL (a long query or path under a grant
+whose paths allow it) or in its headers. A grant's exact paths and methods are the bound there;
+a grant with broad paths (``/**``) on a host that logs requests is an exfiltration path after
+outside content, and should not be given to sessions that read untrusted text.
+
+What marks the session:
+
+- a tool result from an outside origin (a web page, a connector tool), marked by the task;
+- **every response the gateway delivers to the guest from an upstream** (its status line,
+  headers and body are all written by that upstream; ``curl -i`` shows headers, and whatever a
+  command prints reaches the model as its output), marked by the gateway itself
+  (:meth:`OutboundHold.mark_delivered`) before the response leaves for the guest, so it holds
+  for ``curl`` in bash, a script, a connector's own requests, or anything else in the VM.
+  Responses the gateway writes itself (its refusals, a 502 for an unreachable upstream or a
+  reflected credential) carry nothing from outside and do not mark. The model API is called
+  from the host, never through the gateway, so the model's own replies do not mark.
+  The response to a request that was let out marks too: the next request that can carry data
+  out is then asked about.
+
+Gateway marks count only in a session that runs an agent task: the hold is *armed* when a task
+first attaches its asker (:meth:`OutboundHold.asking`) and stays armed for the rest of the
+session (the agent may leave processes running). Commands a person types in a session where no
+agent task ran (``cowork exec``, ``cowork shell``) are not marked and never held.
 """
 
 from __future__ import annotations
@@ -65,9 +90,13 @@ def _is_git_push(method: str, path: str) -> bool:
     return "git-receive-pack" in path
 
 
-def carries_data_out(method: str, path: str, headers: Sequence[tuple[str, str]] = ()) -> bool:
-    """Can this request carry data out of the session? (Unknown shapes: yes.)"""
-    if method.upper() not in READ_METHODS:
+def carries_data_out(
+    method: str, path: str, headers: Sequence[tuple[str, str]] = (), nbytes: int = 0
+) -> bool:
+    """Can this request carry data out of the session? (Unknown shapes: yes.)
+
+    ``nbytes`` is the size of the body as sent; a read with a body carries it out."""
+    if method.upper() not in READ_METHODS or nbytes > 0:
         return True
     if _is_git_push(method, path):
         return True
@@ -98,6 +127,8 @@ class OutboundHold:
     mode: Callable[[], str] = field(default=lambda: AfterOutside.ASK.value)
     _marks: list[Mark] = field(default_factory=list)
     _asker: Asker | None = None
+    _armed: bool = False
+    _gateway_sources: set[str] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # --- the mark ------------------------------------------------------------------------
@@ -107,6 +138,26 @@ class OutboundHold:
             first = not self._marks
             self._marks.append(Mark(origin, source))
             return first
+
+    def mark_delivered(self, source: str) -> bool | None:
+        """The gateway is delivering a response from ``source`` (a host) to the guest.
+
+        Before any agent task ran in the session (not armed): nothing is recorded, None.
+        Armed: the session is marked; True when this is the first response from ``source``
+        (an event is due), False otherwise."""
+        with self._lock:
+            if not self._armed:
+                return None
+            if source in self._gateway_sources:
+                return False
+            self._gateway_sources.add(source)
+            self._marks.append(Mark("network", source))
+            return True
+
+    @property
+    def armed(self) -> bool:
+        with self._lock:
+            return self._armed
 
     @property
     def marked(self) -> bool:
@@ -121,9 +172,12 @@ class OutboundHold:
     # --- who answers -----------------------------------------------------------------------
     @contextlib.contextmanager
     def asking(self, asker: Asker) -> Iterator[None]:
-        """Route questions to ``asker`` while a task runs; afterwards nobody answers."""
+        """Route questions to ``asker`` while a task runs; afterwards nobody answers.
+
+        Arms the hold for good: from now on responses delivered by the gateway mark it."""
         with self._lock:
             previous, self._asker = self._asker, asker
+            self._armed = True
         try:
             yield
         finally:

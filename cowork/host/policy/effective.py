@@ -13,6 +13,7 @@ Contract:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from pathlib import Path
@@ -109,14 +110,7 @@ def build(
             ws_layer = read_workspace(snap)
     policy = merge(admin, user, ws_layer, workspace_root=workspace)
     if notes:
-        policy = Policy(
-            doc=policy.doc,
-            origins=policy.origins,
-            notes=(*notes, *policy.notes),
-            sources=policy.sources,
-            problems=policy.problems,
-            workspace=policy.workspace,
-        )
+        policy = dataclasses.replace(policy, notes=(*notes, *policy.notes))
     return policy
 
 

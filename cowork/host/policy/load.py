@@ -361,8 +361,9 @@ def admin_files(admin_dir: Path, main_file: Path, dropins: Path) -> tuple[list[P
 
 
 def merge_admin_tables(tables: list[tuple[Path, dict[str, Any]]]) -> dict[str, Any]:
-    """Merge admin files in name order: later keys win, except ``egress.grants`` (joined;
-    a repeated id is an error), ``egress.deny_hosts`` and ``locks`` (joined)."""
+    """Merge admin files in name order: later keys win, except ``egress.grants`` and
+    ``mcp.servers`` (joined; a repeated id or name is an error), ``egress.deny_hosts`` and
+    ``locks`` (joined)."""
     out: dict[str, Any] = {}
     grant_owner: dict[str, Path] = {}
     problems: list[str] = []
@@ -376,6 +377,15 @@ def merge_admin_tables(tables: list[tuple[Path, dict[str, Any]]]) -> dict[str, A
                     joined = (top, name) in (("egress", "grants"), ("egress", "deny_hosts"))
                     if joined and isinstance(item, list) and isinstance(section.get(name), list):
                         section[name] = [*section[name], *item]
+                    elif (top, name) == ("mcp", "servers") and isinstance(item, dict):
+                        servers = dict(section.get(name) or {})
+                        for server in item:
+                            if server in servers:
+                                problems.append(
+                                    f"{path}: mcp.servers.{server}: already defined in "
+                                    "another admin policy file; give each server its own name"
+                                )
+                        section[name] = {**servers, **item}
                     else:
                         section[name] = item
                 out[top] = section

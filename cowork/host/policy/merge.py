@@ -42,7 +42,15 @@ nobody sets keep the built-in **default**.
      or widen one.
 5. Deny-lists union: ``egress.deny_hosts`` from every layer (workspace included) are joined,
    and every grant whose host pattern overlaps a denied pattern is removed.
-6. The floor, applied last and shown with origin ``floor``:
+6. Connectors: ``mcp.servers`` (a table of name -> server) from admin policy and user
+   settings are joined by name. On a name both set, the admin's server is used and the
+   user's is ignored with a note. When the admin locks ``mcp.servers``, only the admin's
+   servers exist. A workspace layer can never set it (ignored with a note): a workspace
+   names its own servers in ``.mcp.json``, used only once the folder is trusted (and those
+   never replace a server of the same name from admin policy or user settings; see
+   :func:`cowork.host.agent.mcp.configured_servers`). Where each server came from is in
+   :attr:`Policy.server_origins`.
+7. The floor, applied last and shown with origin ``floor``:
    - ``mounts.claude_writable`` can be true only when the admin set it true.
    - A ``.claude`` folder inside the workspace is never writable.
    - ``agent.approval_mode`` must be one of ``agent.allowed_approval_modes``; otherwise the
@@ -56,7 +64,7 @@ nobody sets keep the built-in **default**.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -69,6 +77,7 @@ from cowork.host.policy.schema import (
     AgentSection,
     AuditSection,
     EgressSection,
+    McpSection,
     MountsSection,
     PolicyDocument,
     VMSection,
@@ -89,7 +98,8 @@ FALSE_IS_NARROWER = frozenset(
 CHANGES_RANK: dict[str | None, int] = {"direct": 0, None: 1, "staged": 2}
 NARROWABLE = LOWER_IS_NARROWER | FALSE_IS_NARROWER | {"agent.approval_mode", "workspace.changes"}
 LISTS = frozenset({"egress.grants", "egress.deny_hosts", "agent.allowed_approval_modes"})
-PLAIN = frozenset(ALL_KEYS) - NARROWABLE - LISTS
+MAPS = frozenset({"mcp.servers"})
+PLAIN = frozenset(ALL_KEYS) - NARROWABLE - LISTS - MAPS
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,8 @@ class Policy:
     #: Why admin policy was refused; non-empty means lockdown (defaults + every lock).
     problems: tuple[str, ...] = ()
     workspace: Path | None = None
+    #: ``mcp.servers``: which layer named each server (``admin`` or ``user``).
+    server_origins: Mapping[str, OriginLayer] = field(default_factory=dict)
 
     @property
     def vm(self) -> VMSection:
@@ -129,6 +141,10 @@ class Policy:
     @property
     def audit(self) -> AuditSection:
         return self.doc.audit
+
+    @property
+    def mcp(self) -> McpSection:
+        return self.doc.mcp
 
     @property
     def workspace_settings(self) -> WorkspaceSection:
@@ -265,6 +281,7 @@ def merge(
 
     # Grants universe when the admin did not set a list (rule 4).
     grants_admin_set = "egress.grants" in admin.keys
+    server_origins: dict[str, OriginLayer] = {n: "admin" for n in values["mcp.servers"]}
 
     for layer in (user, workspace):
         if layer is None:
@@ -299,6 +316,26 @@ def merge(
                             "from a stronger layer; ignored (a lower layer can only narrow)"
                         )
                 values[key], origins[key] = tuple(kept), name
+                continue
+            if key == "mcp.servers":
+                if name == "workspace":
+                    notes.append(
+                        f"{name}: mcp.servers cannot be set by a workspace; ignored (a trusted "
+                        "workspace names its own servers in .mcp.json)"
+                    )
+                    continue
+                joined = dict(values[key])
+                for server, entry in new.items():
+                    if server_origins.get(server) == "admin":
+                        notes.append(
+                            f"{name}: mcp.servers.{server} is named by admin policy; the "
+                            "admin's server is used"
+                        )
+                        continue
+                    joined[server] = entry
+                    server_origins[server] = name
+                if joined != values[key]:
+                    values[key], origins[key] = joined, name
                 continue
             if key == "agent.allowed_approval_modes":
                 if name == "user" and origins[key] == "default":
@@ -384,6 +421,7 @@ def merge(
         agent=AgentSection(**sections["agent"]),
         audit=AuditSection(**sections["audit"]),
         workspace=WorkspaceSection(**sections["workspace"]),
+        mcp=McpSection(**sections["mcp"]),
     )
     return Policy(
         doc=doc,
@@ -393,4 +431,5 @@ def merge(
             s for layer in (admin, user, workspace) if layer is not None for s in layer.sources
         ),
         workspace=workspace_root,
+        server_origins=server_origins,
     )

@@ -17,17 +17,20 @@ Shape (TOML)::
     [audit]     log_path, otel_endpoint, exception_inbox, otel_protocol, export_queue_mib,
                 monitor_lost
     [workspace] changes, undo_quota_mib, undo_max_age_days
+    [mcp]       servers (table of name -> McpServer: command, args, env)
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cowork.host.egress.gate import PLACEHOLDER
 from cowork.host.egress.grants import Grant, check_host_pattern
 
 SCHEMA_VERSION = 1
@@ -213,6 +216,72 @@ class WorkspaceSection(_Section):
     )
 
 
+#: A connector's name: it prefixes its tools (``mcp__<name>__<tool>``).
+MCP_NAME = re.compile(r"^[A-Za-z0-9_-]{1,48}$")
+#: The value a credential-shaped variable may hold, for a server that will not start without
+#: one: the gateway removes it from requests and adds the real credential of the grant.
+MCP_PLACEHOLDER = PLACEHOLDER
+_CREDENTIAL_WORDS = frozenset(
+    {"TOKEN", "KEY", "APIKEY", "SECRET", "PASSWORD", "PASSWD", "PASS", "PAT", "AUTH",
+     "CREDENTIAL", "CREDENTIALS", "COOKIE", "BEARER", "PRIVATE"}
+)  # fmt: skip
+
+
+def credential_shaped(name: str) -> bool:
+    """Whether an environment variable's name says it holds a credential."""
+    return any(part in _CREDENTIAL_WORDS for part in re.split(r"[^A-Z0-9]+", name.upper()))
+
+
+class McpServer(_Section):
+    """A connector (MCP server, stdio) started inside the VM as the agent user."""
+
+    command: str = Field(
+        min_length=1, max_length=4096, description="The program, as found inside the VM."
+    )
+    args: tuple[str, ...] = Field(default=(), description="Its arguments.")
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Environment variables for it: settings only, never a credential (store "
+        "the credential in the keychain and bind it to a grant for the server's API host; the "
+        f"gateway adds it to the server's requests). A variable named like a credential may "
+        f"only hold {MCP_PLACEHOLDER!r}, for a server that insists on one.",
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _no_credentials(cls, v: dict[str, str]) -> dict[str, str]:
+        for name, value in v.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", name):
+                raise ValueError(f"{name!r} is not a valid variable name")
+            if credential_shaped(name) and value != MCP_PLACEHOLDER:
+                raise ValueError(
+                    f"{name} looks like a credential; a credential never goes to a server. "
+                    "Store it with 'cowork creds set ID', add a grant for the server's API host "
+                    f"with credential = 'ID', and set {name} = {MCP_PLACEHOLDER!r} if the "
+                    "server will not start without it"
+                )
+        return v
+
+
+class McpSection(_Section):
+    servers: dict[str, McpServer] = Field(
+        default_factory=dict,
+        description="Connectors (MCP servers) for every workspace, by name. Admin policy and "
+        "user settings only; a workspace names its own in .mcp.json, used once trusted.",
+    )
+
+    @field_validator("servers")
+    @classmethod
+    def _names(cls, v: dict[str, McpServer]) -> dict[str, McpServer]:
+        for name in v:
+            if not MCP_NAME.match(name):
+                raise ValueError(
+                    f"server name {name!r}: use 1-48 letters, digits, '-' or '_' "
+                    "(it prefixes the server's tool names)"
+                )
+        return v
+
+
 SECTIONS: dict[str, type[_Section]] = {
     "vm": VMSection,
     "mounts": MountsSection,
@@ -220,6 +289,7 @@ SECTIONS: dict[str, type[_Section]] = {
     "agent": AgentSection,
     "audit": AuditSection,
     "workspace": WorkspaceSection,
+    "mcp": McpSection,
 }
 
 
@@ -239,6 +309,7 @@ class PolicyDocument(BaseModel):
     agent: AgentSection = AgentSection()
     audit: AuditSection = AuditSection()
     workspace: WorkspaceSection = WorkspaceSection()
+    mcp: McpSection = McpSection()
 
     @field_validator("locks")
     @classmethod

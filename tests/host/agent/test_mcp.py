@@ -118,3 +118,36 @@ def test_an_untrusted_workspace_s_servers_are_never_read(tmp_path: Path) -> None
         workspace_servers(tmp_path, trusted=True)
     (tmp_path / ".mcp.json").write_text('{"mcpServers": {"n": {"command": "python3"}}}')
     assert [s.name for s in workspace_servers(tmp_path, trusted=True)] == ["n"]
+
+
+def test_configured_servers_name_their_layer_and_keep_the_stronger_on_a_clash(
+    tmp_path: Path,
+) -> None:
+    from cowork.host.agent.mcp import configured_servers
+    from cowork.host.policy.load import Layer, parse_toml, validate_table
+    from cowork.host.policy.merge import merge
+
+    def layer(name: str, text: str) -> Layer:
+        path = tmp_path / f"{name}.toml"
+        table, lines = parse_toml(path, text.encode())
+        doc, keys = validate_table(path, table, lines)
+        return Layer(name, doc, keys, ())  # type: ignore[arg-type]
+
+    policy = merge(
+        layer("admin", '[mcp.servers.tracker]\ncommand = "admin-tracker"\n'),
+        layer("user", '[mcp.servers.notes]\ncommand = "notes"\nargs = ["-v"]\n'),
+    )
+    (tmp_path / ".mcp.json").write_text(
+        '{"mcpServers": {"notes": {"command": "ws-notes"}, "wiki": {"command": "wiki"}}}'
+    )
+    skipped: list[str] = []
+    assert [(s.name, s.command, s.source) for s in configured_servers(policy, tmp_path, False)] == [
+        ("tracker", "admin-tracker", "admin policy: mcp.servers.tracker"),
+        ("notes", "notes", "user settings: mcp.servers.notes"),
+    ]
+    trusted = configured_servers(policy, tmp_path, True, skipped)
+    assert [(s.name, s.command) for s in trusted] == [
+        ("tracker", "admin-tracker"), ("notes", "notes"), ("wiki", "wiki"),
+    ]  # fmt: skip
+    (note,) = skipped
+    assert "mcpServers.notes" in note and "from user settings: mcp.servers.notes" in note

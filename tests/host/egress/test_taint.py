@@ -30,6 +30,12 @@ def test_what_can_carry_data_out(
     assert carries_data_out(method, path, headers) is out
 
 
+@pytest.mark.parametrize("method", ["GET", "HEAD", "OPTIONS"])
+def test_a_read_with_a_body_carries_it_out(method: str) -> None:
+    assert carries_data_out(method, "/search", (), nbytes=1) is True
+    assert carries_data_out(method, "/search", (), nbytes=0) is False
+
+
 def test_before_a_mark_everything_passes_unasked() -> None:
     asked: list[str] = []
     hold = OutboundHold(mode=lambda: "deny")
@@ -101,3 +107,22 @@ def test_deny_and_off_modes_and_a_broken_setting() -> None:
 def test_git_push_is_named() -> None:
     push = Outbound("POST", "git.test", 443, "/r.git/git-receive-pack", 10, "git")
     assert "git push" in push.plain()
+
+
+def test_responses_mark_only_once_an_agent_task_attached_and_for_good() -> None:
+    hold = OutboundHold()
+    assert hold.mark_delivered("page.test") is None  # a person's own command: not recorded
+    assert not hold.marked and not hold.armed and hold.decide(POST).allowed
+    asked: list[str] = []
+    with hold.asking(lambda q, r: asked.append(r) is not None):
+        assert hold.decide(POST).allowed  # armed, but nothing delivered yet
+        assert hold.mark_delivered("page.test") is True
+        assert hold.mark_delivered("page.test") is False  # one mark (and event) per host
+        assert hold.mark_delivered("cdn.test") is True
+        verdict = hold.decide(POST)
+    assert not verdict.allowed and verdict.asked and "page.test" in asked[0]
+    assert hold.armed  # the agent may have left processes running
+    assert hold.mark_delivered("late.test") is True
+    assert [(m.origin, m.source) for m in hold.marks] == [
+        ("network", "page.test"), ("network", "cdn.test"), ("network", "late.test"),
+    ]  # fmt: skip

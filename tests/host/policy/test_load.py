@@ -335,3 +335,40 @@ def test_grant_header_and_body_fields_are_validated(tmp_path):
     assert "body_types" in p and "media type" in p
     (p,) = problems_of(tmp_path, base + 'body_policy = "open"\n')
     assert "body_policy" in p
+
+
+def test_mcp_servers_are_validated_naming_file_line_key_and_value(tmp_path):
+    text = (
+        "[mcp.servers.tracker]\n"
+        'command = "python3"\n'
+        'args = ["/opt/tracker/server.py"]\n'
+        'env = { TRACKER_URL = "https://tracker.example.com", GITHUB_TOKEN = "ghp_x" }\n'
+    )
+    (token,) = problems_of(tmp_path, text)
+    assert token.startswith(f"{tmp_path / 'policy.toml'}:4: mcp.servers.tracker.env: ")
+    assert "GITHUB_TOKEN looks like a credential" in token
+    assert "cowork creds set" in token and "cowork-managed" in token
+    assert "ghp_x" not in token  # a credential's value is never repeated back
+    (name,) = problems_of(tmp_path, '[mcp.servers."bad name"]\ncommand = "x"\n')
+    assert "mcp.servers" in name and "'bad name'" in name and "letters, digits" in name
+
+
+def test_mcp_server_needs_a_command_and_may_hold_the_placeholder(tmp_path):
+    (p,) = problems_of(tmp_path, "[mcp.servers.t]\nargs = []\n")
+    assert "mcp.servers.t.command" in p
+    ok = tmp_path / "ok.toml"
+    ok.write_text(
+        '[mcp.servers.gh]\ncommand = "gh-mcp"\n'
+        'env = { GITHUB_PERSONAL_ACCESS_TOKEN = "cowork-managed", KEYBOARD = "x" }\n'
+    )
+    assert check_file(ok) == []
+
+
+def test_admin_dropins_join_mcp_servers_and_refuse_a_repeated_name(tmp_path):
+    a = {"mcp": {"servers": {"one": {"command": "a"}}}}
+    b = {"mcp": {"servers": {"two": {"command": "b"}}}}
+    merged = merge_admin_tables([(tmp_path / "a", a), (tmp_path / "b", b)])
+    assert sorted(merged["mcp"]["servers"]) == ["one", "two"]
+    with pytest.raises(ConfigError) as info:
+        merge_admin_tables([(tmp_path / "a", a), (tmp_path / "c", a)])
+    assert any("mcp.servers.one" in p and str(tmp_path / "c") in p for p in info.value.problems)

@@ -441,3 +441,51 @@ def test_undo_limits_are_not_for_a_workspace():
     assert p.doc.workspace.undo_quota_mib == 2048
     p = merge(ADMIN_NONE, layer("user", "[workspace]\nundo_max_age_days = 3\n"))
     assert p.doc.workspace.undo_max_age_days == 3
+
+
+# --- connectors (rule 6) ------------------------------------------------------------------
+
+SERVER = '[mcp.servers.{name}]\ncommand = "{command}"\n'
+
+
+def test_admin_and_user_servers_are_joined_and_the_admin_wins_a_clash():
+    admin = layer("admin", SERVER.format(name="tracker", command="admin-tracker"))
+    user = layer(
+        "user",
+        SERVER.format(name="tracker", command="user-tracker")
+        + SERVER.format(name="notes", command="user-notes"),
+    )
+    p = merge(admin, user)
+    assert {n: s.command for n, s in p.mcp.servers.items()} == {
+        "tracker": "admin-tracker",
+        "notes": "user-notes",
+    }
+    assert dict(p.server_origins) == {"tracker": "admin", "notes": "user"}
+    assert any("mcp.servers.tracker is named by admin policy" in n for n in p.notes)
+
+
+def test_user_servers_alone():
+    p = merge(ADMIN_NONE, layer("user", SERVER.format(name="notes", command="n")))
+    assert list(p.mcp.servers) == ["notes"] and p.origin("mcp.servers") == ("user", False)
+
+
+def test_a_locked_server_list_keeps_only_the_admin_s():
+    admin = layer("admin", 'locks = ["mcp.servers"]\n' + SERVER.format(name="t", command="a"))
+    p = merge(admin, layer("user", SERVER.format(name="mine", command="m")))
+    assert list(p.mcp.servers) == ["t"] and p.origin("mcp.servers") == ("admin", True)
+    assert any("mcp.servers is locked" in n for n in p.notes)
+    locked_empty = merge(layer("admin", 'locks = ["mcp"]\n'), layer("user", SERVER.format(
+        name="mine", command="m")))  # fmt: skip
+    assert locked_empty.mcp.servers == {}
+
+
+def test_a_workspace_can_never_add_a_server():
+    p = merge(
+        ADMIN_NONE, layer("user", ""), layer("workspace", SERVER.format(name="w", command="x"))
+    )
+    assert p.mcp.servers == {}
+    assert any("mcp.servers cannot be set by a workspace" in n for n in p.notes)
+
+
+def test_lockdown_starts_no_server():
+    assert lockdown(["bad admin file"]).mcp.servers == {}
