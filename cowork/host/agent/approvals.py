@@ -716,14 +716,20 @@ def _writes_named(text: str, names: re.Pattern[str]) -> bool:
     return False
 
 
+#: A sed or awk flag left over when a quoted ``s/a/b/g`` script is split into words.
+_SED_TAIL = re.compile(r"/[gimpIMe0-9]{1,3}")
+
+
 def _outside_paths(norm: str) -> list[str]:
     found: list[str] = []
     has_cd = re.search(r"(^|[\s;&|(])cd\s", norm) is not None
-    for word in _tokens(norm):
+    # Words split as the shell would, but not at ')': in program text (``a)/b(``) a slash
+    # after a parenthesis is division or a regular expression, not a path.
+    for word in (w.rstrip(")") for w in re.split(r"[\s;&|(<>`=]+", norm) if w):
         if "://" in word:
             continue
         if word.startswith("/"):
-            if "^" in word or "$/" in word or "\\" in word:
+            if "^" in word or "$/" in word or "\\" in word or _SED_TAIL.fullmatch(word):
                 continue  # a sed or awk address such as /^$/d, not a path
             path = posixpath.normpath(word)
             if not any(path == p or path.startswith(p + "/") for p in _ALLOWED_ABS):
