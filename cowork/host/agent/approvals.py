@@ -547,7 +547,11 @@ class RuleAssessor:
         if not urls:
             urls = [f"https://{m}" for m in _BARE_HOST_URL.findall(norm)]
         uploads = bool(_UPLOAD.search(" " + norm))
-        sends = uploads and bool(_NET_TOOL.search(norm) or urls)
+        # Loopback inside the VM is the VM itself (a preview server the agent started): no
+        # egress, nothing leaves the machine.
+        urls = [u for u in urls if not _is_loopback_url(u)] if urls else urls
+        local_only = bool(_URL.search(command) or _BARE_HOST_URL.search(norm)) and not urls
+        sends = uploads and not local_only and bool(_NET_TOOL.search(norm) or urls)
         if urls and self.egress_check is not None:
             method = "POST" if uploads else "GET"
             for url in urls:
@@ -641,6 +645,14 @@ class RuleAssessor:
         if deletion:
             return deletion
         return ROUTINE
+
+
+def _is_loopback_url(url: str) -> bool:
+    try:
+        host = (urlsplit(url).hostname or "").rstrip(".")
+    except ValueError:
+        return False
+    return host in ("localhost", "::1") or re.fullmatch(r"127(\.\d{1,3}){3}", host) is not None
 
 
 def _inside_workspace(path: str) -> bool:
