@@ -140,7 +140,9 @@ _ALLOWED_ABS = (
 )
 _CURL_PIPE_SHELL = re.compile(
     r"\b(curl|wget|fetch)\b[^|;&]*\|\s*(sudo\s+)?(env\s+)?(ba|z|da|k|fi)?sh\b|"
-    r"\b(curl|wget)\b[^|;&]*\|\s*(sudo\s+)?(python[0-9.]*|perl|ruby|node)\b|"
+    r"\b(curl|wget)\b[^|;&]*\|\s*(sudo\s+)?(python[0-9.]*|perl|ruby|node|php)\b"
+    r"(?!\s+(-[A-Za-z]*[cemnpEr]\b|[\w./-]+\.(py|pl|rb|js|php)\b)(?![^;&|]*\b(exec|eval)\s*\())|"
+    r"\b(eval|source|\.)\s+(<\(\s*|\$\(\s*)(curl|wget)\b|"
     r"(ba|z|da)?sh\s+<\(\s*(curl|wget)|(ba|z|da)?sh\s+-c\s+\$\(\s*(curl|wget)|"
     r"\b(iex|Invoke-Expression)\b.*\b(iwr|Invoke-WebRequest|DownloadString)",
     re.IGNORECASE,
@@ -585,9 +587,11 @@ class RuleAssessor:
                 "raw-network",
             )
         if _CURL_PIPE_SHELL.search(norm):
+            # Code fetched at run time is never seen by anyone before it runs, whichever
+            # host serves it: a granted code host serves anyone's files.
             return Assessment(
-                Risk.RISKY,
-                "It would download a script from the internet and run it without checking it.",
+                Risk.FORBIDDEN,
+                "It would download a program from the internet and run it unseen.",
                 "download-exec",
             )
         if _DECODE_EXEC.search(command) and (_EXEC_SINK.search(command) or _NET_TOOL.search(norm)):
