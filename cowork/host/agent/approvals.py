@@ -185,11 +185,17 @@ _ENV_HUNT = re.compile(
 _IRREVERSIBLE: tuple[tuple[re.Pattern[str], str, str], ...] = (
     (
         re.compile(
-            r"(^|[\s;&|(])(npm|yarn|pnpm)\s+publish\b|\btwine\s+upload\b|"
-            r"\b(cargo|poetry|flit|hatch)\s+publish\b|\bgem\s+push\b|\b(docker|podman|helm)\s+push\b|"
-            r"\bpython[0-9.]*\s+(-m\s+)?twine\s+upload\b|\buv\s+publish\b"
+            r"(^|[\s;&|(])(npm|yarn|pnpm)\s+((npm\s+)?publish|unpublish|deprecate|undeprecate|"
+            r"dist-tags?\s+(add|rm|set)|owner\s+(rm|remove)|access\s+(set|public|restricted|"
+            r"revoke|2fa)|team\s+(create|destroy|rm)|org\s+rm|hook\s+(add|rm|update)|"
+            r"star|unstar|tag)\b|\btwine\s+(upload|register)\b|"
+            r"\b(cargo|poetry|flit|hatch|pdm)\s+publish\b|\bcargo\s+yank\b|"
+            r"\bcargo\s+owner\s+(-r|--remove)\b|\bgem\s+(push|yank)\b|"
+            r"\bgem\s+owner\s+\S+\s+(-r|--remove)\b|\b(docker|podman|helm)\s+push\b|"
+            r"\bpython[0-9.]*\s+(-m\s+)?twine\s+(upload|register)\b|\buv\s+publish\b|"
+            r"\bpython[0-9.]*\s+setup\.py\s+(upload|register)\b"
         ),
-        "It would publish a package for everyone to download, which cannot be taken back.",
+        "It would change a package published for everyone to download, which cannot be taken back.",
         "publish",
     ),
     (
