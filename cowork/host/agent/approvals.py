@@ -9,8 +9,11 @@ approval mode turns the risk into a verdict (:class:`Approvals`):
     risky             ask                      ask       refuse
     forbidden         refuse                   refuse    refuse
 
-Forbidden: reaching credentials, file tools outside /workspace, workspace configuration, and
-network requests the egress policy would deny (asking cannot make them work).
+Forbidden: reaching credentials, file tools outside /workspace, workspace configuration,
+network requests the egress policy would deny (asking cannot make them work), and what only an
+attacker needs whatever host it goes to: the environment or the folder's files sent to a paste
+service, access to an account given to a person or a key, code fetched and run unseen, the
+network settings or the shell history changed, tunnels, commands read out of a file and run.
 
 A shell command is judged as written and as the shell would read it
 (:mod:`cowork.host.agent.shellwords`: dequoted, ANSI-C strings decoded, variables set in the
@@ -227,6 +230,97 @@ _IRREVERSIBLE: tuple[tuple[re.Pattern[str], str, str], ...] = (
         "It would change files or services on another computer, which cannot be undone from here.",
         "remote-write",
     ),
+)
+#: Acts that only an attacker needs, whatever the host: (pattern, reason, rule).
+_FORBIDDEN_ACTS: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    (
+        re.compile(
+            r"(^|[\s;&|(])(iptables|ip6tables|nft|ufw|firewall-cmd|iptables-restore)\b|"
+            r"(^|[\s;&|(])ip\s+(-\S+\s+)*(route|rule|link|addr|address|neigh|tunnel|netns)\s+"
+            r"(add|del|delete|replace|change|set|flush|append)\b|"
+            r"(^|[\s;&|(])route\s+(add|del)\b|\bsysctl\s+(-w|--write)\b|"
+            r"(^|[\s;&|(])(resolvectl|systemd-resolve)\s+(dns|domain|set-dns)\b|"
+            r"\bgit\s+config\s[^;&|]*\b(https?\.)?proxy\b|\bnpm\s+config\s+set\s+(https-)?proxy\b",
+            re.IGNORECASE,
+        ),
+        "It would change how this computer reaches the network, which is how your "
+        "administrator's rules are kept.",
+        "network-tamper",
+    ),
+    (
+        re.compile(
+            r"\bhistory\s+-[cwd]|\bunset\s+HISTFILE\b|\bHISTFILE=(/dev/null)?(\s|$|;)|"
+            r"\bHISTSIZE=0\b|\bset\s+\+o\s+history\b|"
+            r"\b(rm|shred|truncate|ln)\s[^;&|]*\.(bash|zsh|sh|python|node_repl|psql|mysql|"
+            r"lesshst|sqlite)_?history\b|>\s*\S*\.(bash|zsh|python)_history\b",
+            re.IGNORECASE,
+        ),
+        "It would erase the record of what was run, as only someone hiding their tracks would.",
+        "history-wipe",
+    ),
+    (
+        re.compile(
+            r"(^|[\s;&|(])(ssh|autossh)\s[^;&|]*(\s-[A-Za-z]*[RDLw]\s*\S|"
+            r"-o\s*(Remote|Local|Dynamic)Forward|-o\s*(ProxyCommand|PermitLocalCommand|"
+            r"LocalCommand))",
+        ),
+        "It would open a tunnel between this computer and another, as a backdoor would.",
+        "tunnel",
+    ),
+    (
+        re.compile(
+            r"\b(os\.(system|popen|exec\w*|spawn\w*)|subprocess\.\w+|pty\.spawn|commands\."
+            r"getoutput)\s*\(\s*(?![\['\"\s]|f['\"])[^)]*\)[^;]*\b(open\(|read\(|readlines\(|"
+            r"read_text\(|sys\.stdin)|\b(open\([^)]*\)|read_text\(\))[^\n]*\b(os\.(system|popen)|"
+            r"subprocess\.\w+)\s*\(\s*(?![\['\"\s]|f['\"])",
+        ),
+        "It would run commands written inside a file, as instructions planted in a document would.",
+        "runs-file-text",
+    ),
+)
+#: System files that decide where network names and requests go.
+_NETWORK_FILES = re.compile(
+    r"/etc/(hosts|resolv\.conf|nsswitch\.conf|gai\.conf|environment|apt/apt\.conf\S*|"
+    r"pip\.conf|npmrc|wgetrc|curlrc|profile\.d|systemd/resolved\.conf)\b|"
+    r"(^|[\s/])\.(curlrc|wgetrc)\b|\.config/pip/pip\.conf|\.pip/pip\.conf"
+)
+_NETWORK_TAMPER = Assessment(
+    Risk.FORBIDDEN,
+    "It would change how this computer reaches the network, which is how your administrator's "
+    "rules are kept.",
+    "network-tamper",
+)
+#: The whole environment (not one named setting) used as data.
+_ENV_DUMP = re.compile(
+    r"\$\(\s*(env|printenv|set|export(\s+-p)?|declare\s+-[px]+|compgen\s+-v)\s*\)|"
+    r"`\s*(env|printenv|set|export(\s+-p)?)\s*`|"
+    r"(^|[\s;&(])(env|printenv|export\s+-p|declare\s+-[px]+)\s*(\||>)|"
+    r"\bos\.environ\b(?!\s*(\[|\.(get|setdefault|pop)\b))|\bprocess\.env\b(?!\s*(\.|\[))|"
+    r"\bENV\.to_h\b|%ENV\b(?!\s*\{)"
+)
+#: Services that publish whatever they are sent at a link.
+_PASTE_HOST = re.compile(
+    r"api\.github\.com/gists|gist\.github\.com|\bgh\s+gist\s+create|pastebin\.|paste\.|"
+    r"hastebin|termbin|ix\.io|0x0\.st|transfer\.sh|file\.io|dpaste|ghostbin|sprunge|"
+    r"privatebin|rentry\.",
+    re.IGNORECASE,
+)
+#: A request body filled from files at run time (not typed into the command).
+_BODY_FROM_FILES = re.compile(r"@(?!\s)\S|\$\(|`|--upload-file|\s-T\s|\bopen\(|\|\s*curl\b")
+#: API paths that give a person, a key or a token access to an account or project.
+_ACCESS_PATH = re.compile(
+    r"/(collaborators|invitations|memberships|members|outside_collaborators|"
+    r"authorizations|installations|deploy_keys|keys|gpg_keys|ssh_signing_keys|tokens|"
+    r"personal-access-tokens|access_tokens|applications)(/|\b|$)",
+    re.IGNORECASE,
+)
+_ACCESS_TOOL = re.compile(
+    r"\bgh\s+(ssh-key|gpg-key)\s+add\b|\bgh\s+repo\s+deploy-key\s+add\b|"
+    r"\bgh\s+api\s[^;&|]*/(collaborators|keys|invitations|memberships|authorizations)\b"
+    r"[^;&|]*(-X\s*(PUT|POST|PATCH)|--method\s+(PUT|POST|PATCH)|\s-[fF]\s)|"
+    r"\b(npm|yarn|pnpm)\s+(owner\s+add|access\s+grant|team\s+add|org\s+set|token\s+create)\b|"
+    r"\bcargo\s+owner\s+(-a|--add)\b|\bgem\s+owner\s+\S+\s+(-a|--add)\b",
+    re.IGNORECASE,
 )
 #: Files in the folder that the person's own computer runs (outside the VM) when they use
 #: the folder: git hooks and config, direnv, editor tasks.
@@ -545,6 +639,11 @@ class RuleAssessor:
                 "It would set up commands that run again later without you.",
                 "persistence",
             )
+        for pattern, reason, rule in _FORBIDDEN_ACTS:
+            if pattern.search(norm):
+                return Assessment(Risk.FORBIDDEN, reason, rule)
+        if _writes_named(norm, _NETWORK_FILES):
+            return _NETWORK_TAMPER
         if _WHOLE_SYSTEM_DELETE.search(norm):
             return Assessment(
                 Risk.FORBIDDEN,
@@ -577,6 +676,30 @@ class RuleAssessor:
                 Risk.FORBIDDEN,
                 "It would send a file that holds passwords or keys to a server.",
                 "secret-upload",
+            )
+        if _ENV_DUMP.search(norm) and (sends or urls or _NET_TOOL.search(norm)):
+            return Assessment(
+                Risk.FORBIDDEN,
+                "It would send the agent's environment settings, where keys and tokens live, "
+                "to a server.",
+                "environment-upload",
+            )
+        # A body typed into the command (a here-document on stdin) is seen; one read from
+        # files while it runs is not.
+        typed_body = "@-" in norm and "<<" in norm and "$(" not in norm
+        if sends and _PASTE_HOST.search(norm) and _BODY_FROM_FILES.search(norm) and not typed_body:
+            return Assessment(
+                Risk.FORBIDDEN,
+                "It would put the contents of files from your folder on a paste or gist "
+                "service where anyone with the link can read them.",
+                "paste-files",
+            )
+        if (sends and _ACCESS_PATH.search(norm)) or _ACCESS_TOOL.search(norm):
+            return Assessment(
+                Risk.FORBIDDEN,
+                "It would give a person or a key access to your account or project; only you "
+                "should do that, outside cowork.",
+                "account-access",
             )
         if _PUSH_TO_TYPED.search(norm):
             return Assessment(
