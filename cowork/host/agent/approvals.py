@@ -493,6 +493,37 @@ def _reaches_credentials(command: str) -> bool:
     )
 
 
+_SEARCHERS = frozenset({"grep", "egrep", "fgrep", "rg", "ag", "ack", "find", "locate", "fd"})
+#: What a search for secrets looks for: key headers, cloud key names, key and vault files.
+_SECRET_WORDS = re.compile(
+    r"PRIVATE KEY|BEGIN (RSA|DSA|EC|OPENSSH|PGP)|aws_(secret|access)|AKIA|ASIA\[|secret|"
+    r"passw|token|api.?key|credential|id_(rsa|dsa|ecdsa|ed25519)|\.pem\b|\.key\b|\.p12\b|"
+    r"\.pfx\b|\.kdbx\b|\.ppk\b|\.netrc|\.npmrc|\.pypirc|ghp_|xox[bp]-",
+    re.IGNORECASE,
+)
+
+
+def _scans_for_secrets(words: tuple[str, ...]) -> bool:
+    """A search (grep, find, locate ...) for secret-looking text or key files that starts
+    outside the folder: the whole disk, the home folders, the system."""
+    idx = next((i for i, w in enumerate(words) if "=" not in w), len(words))
+    if idx >= len(words) or posixpath.basename(words[idx]) not in _SEARCHERS:
+        return False
+    args = words[idx + 1 :]
+    if not any(_SECRET_WORDS.search(a) for a in args):
+        return False
+    if posixpath.basename(words[idx]) == "locate":
+        return True  # locate always searches the whole disk
+    for a in args:
+        if a.startswith("-"):
+            continue
+        if a.startswith(("~", "$HOME", "${HOME", "$?")) or a == "..":
+            return True
+        if a.startswith("/") and not _inside_workspace(a) and not a.startswith(("/tmp", "/dev")):
+            return True
+    return False
+
+
 def _tokens(text: str) -> list[str]:
     return [t for t in re.split(r"[\s;&|()<>`=]+", text) if t]
 
@@ -604,6 +635,12 @@ class RuleAssessor:
                 worst = second
         if worst.risk is not Risk.FORBIDDEN and _writes_named(read.text, _CONFIG_IN_TEXT):
             return _CONFIG_WRITE
+        if worst.risk is not Risk.FORBIDDEN and any(_scans_for_secrets(c) for c in read.commands):
+            return Assessment(
+                Risk.FORBIDDEN,
+                "It searches the computer outside your folder for keys and passwords.",
+                "secret-scan",
+            )
         if worst.reversible and (DYNAMIC_SHOWN in read.text or read.opaque):
             # Where a computed word could point is unknown: not provably inside the folder.
             worst = Assessment(worst.risk, worst.reason, worst.rule)
