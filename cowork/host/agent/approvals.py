@@ -605,6 +605,18 @@ class RuleAssessor:
                     "ci-config",
                     reversible=True,
                 )
+        if call.name in ("write_file", "edit_file"):
+            text = str(call.input.get("content") or call.input.get("new_string") or "")
+            if _is_script(rel, text):
+                # A script is run later, by the agent or by the person: judge what it would do
+                # now, with the shell's rules (not the egress policy: writing is not reaching).
+                inner = RuleAssessor().assess(ToolCall(call.id, "bash", {"command": text}))
+                if inner.risk is Risk.FORBIDDEN:
+                    return Assessment(
+                        Risk.FORBIDDEN,
+                        f"It would write a script that, once run, does this: {inner.reason}",
+                        f"script:{inner.rule}",
+                    )
         base = posixpath.basename(rel)
         if re.fullmatch(
             r"\.env(\..+)?|.*\.(pem|key|p12|pfx|keystore|jks)|credentials.*|secrets?\..*", base
@@ -815,6 +827,27 @@ class RuleAssessor:
         if deletion:
             return deletion
         return ROUTINE
+
+
+_SCRIPT_SUFFIX = re.compile(
+    r".*\.(sh|bash|zsh|ksh|fish|command|py|pyw|pl|rb|js|mjs|cjs|ts|php|lua|tcl|ps1|bat|cmd|mk|"
+    r"r|R|jl|nu)$"
+)
+_SCRIPT_NAMES = frozenset(
+    {"makefile", "gnumakefile", "justfile", "rakefile", "dockerfile", "containerfile", "procfile",
+     "package.json", "pyproject.toml", "tox.ini", "noxfile.py", "setup.cfg", "taskfile.yml",
+     "taskfile.yaml", ".envrc", ".bashrc", ".profile"}
+)  # fmt: skip
+
+
+def _is_script(rel: str, text: str) -> bool:
+    """Is this file (by name, suffix or ``#!`` line) something that runs commands?"""
+    base = posixpath.basename(rel)
+    return (
+        _SCRIPT_SUFFIX.fullmatch(base) is not None
+        or base.casefold() in _SCRIPT_NAMES
+        or text.lstrip().startswith("#!")
+    )
 
 
 def _is_loopback_url(url: str) -> bool:
