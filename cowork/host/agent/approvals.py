@@ -363,7 +363,7 @@ _IP_OR_HOST_TARGET = re.compile(r"/dev/(tcp|udp)/|\b\d{1,3}(\.\d{1,3}){3}\b|conn
 #: Rules about work confined to the folder: undoable when changes are staged.
 STAGED_REVERSIBLE = frozenset(
     {"mass-delete", "git-discard", "truncate", "mass-permissions", "git-internals", "ci-config",
-     "secret-file"}
+     "secret-file", "bulk-overwrite", "overwrite"}
 )  # fmt: skip
 
 _REGENERABLE = {
@@ -823,7 +823,7 @@ class RuleAssessor:
         for pattern, reason, rule in _DESTRUCTIVE:
             if pattern.search(norm):
                 return Assessment(Risk.RISKY, reason, rule, reversible=rule in STAGED_REVERSIBLE)
-        deletion = _mass_deletion(norm)
+        deletion = _mass_deletion(norm) or _bulk_overwrite(norm)
         if deletion:
             return deletion
         return ROUTINE
@@ -987,12 +987,69 @@ def _mass_deletion_in(norm: str) -> Assessment | None:
                     return _many_files()
                 if name in {"*", "*.*"}:
                     return _many_files()
+                scratch = _inside_tmp(clean)
+                if _GLOB_CHARS.search(name) and not _REGENERABLE_GLOB.match(name) and not scratch:
+                    return _many_files()  # every file of a kind: the person's, not a cache
             if words[:2] == ["xargs", "rm"]:
+                return _many_files()
+        if (words[0] == "xargs" and "rm" in words[1:]) or (
+            words[0] == "rsync" and re.search(r"\s--(delete\S*|remove-source-files)\b", segment)
+        ):
+            return _many_files()
+        if words[0] == "find" and re.search(r"-(exec|execdir|ok|okdir)\b.*\brm\b", norm):
+            names = re.findall(r"-i?name\s+(\S+)", segment)
+            if not names or not all(_REGENERABLE_GLOB.match(n) or n in _REGENERABLE for n in names):
                 return _many_files()
         if words[0] == "find" and (" -delete" in segment or "-exec rm" in segment):
             names = re.findall(r"-name\s+(\S+)", segment)
             if not names or not all(_REGENERABLE_GLOB.match(n) or n in _REGENERABLE for n in names):
                 return _many_files()
+    return None
+
+
+def _inside_tmp(path: str) -> bool:
+    norm = posixpath.normpath(path)
+    return any(norm == p or norm.startswith(p + "/") for p in ("/tmp", "/var/tmp"))
+
+
+#: Tools that rewrite the files they are given (``sed -i``, ``perl -pi``, ``mogrify`` without
+#: ``-path``, any ``--in-place``).
+_IN_PLACE = re.compile(
+    r"(^|[\s;&|(])(sed|gsed)\s+(-\S+\s+)*(-[a-zA-Z]*i|--in-place)|"
+    r"(^|[\s;&|(])(perl|ruby)\s+(-\S+\s+)*-[a-zA-Z]*i|"
+    r"(^|[\s;&|(])g?awk\s+(-\S+\s+)*-i\s+inplace\b|"
+    r"(^|[\s;&|(])mogrify\b(?![^;&|]*\s-path\b)|"
+    r"\s--(in-?place|overwrite|replace-original|force-overwrite)\b"
+)
+#: Many files: a loop over a glob, or names fed by xargs or find -exec (whole command) ...
+_MANY_FED = re.compile(r"\bfor\s+\w+\s+in\s+[^;]*[*?\[]|\bxargs\b|\bfind\b[^;]*-(exec|execdir)\b")
+#: ... or a glob or recursion among one command's own arguments.
+_MANY_ARGS = re.compile(r"(^|\s)[^\s-][^\s]*[*?\[]|--recursive\b")
+
+
+def _bulk_overwrite(norm: str) -> Assessment | None:
+    """Rewriting many files in place (``sed -i`` over a glob, ``mogrify *.jpg``, a loop that
+    converts each file onto itself): with changes written through, the originals are gone."""
+    segments = re.split(r"\s(?:;|&&|\|\||&)\s|;", norm)
+    fed = _MANY_FED.search(norm) is not None
+    for segment in segments:
+        many = fed or _MANY_ARGS.search(segment) is not None
+        words = segment.split()
+        onto_itself = False
+        for flag in ("-o", "--output", "-O"):
+            if flag in words[:-1]:
+                out = words[words.index(flag) + 1]
+                others = [
+                    w for i, w in enumerate(words[1:], 1) if w != flag and words[i - 1] != flag
+                ]
+                onto_itself = out in others
+        if (_IN_PLACE.search(" " + segment) or onto_itself) and many:
+            return Assessment(
+                Risk.RISKY,
+                "It would rewrite many of your files in place, and the originals would be gone.",
+                "bulk-overwrite",
+                reversible=True,
+            )
     return None
 
 
