@@ -617,6 +617,9 @@ class RuleAssessor:
                         f"It would write a script that, once run, does this: {inner.reason}",
                         f"script:{inner.rule}",
                     )
+            wipe = _wipes_or_rewrites(call, rel)
+            if wipe is not None:
+                return wipe
         base = posixpath.basename(rel)
         if re.fullmatch(
             r"\.env(\..+)?|.*\.(pem|key|p12|pfx|keystore|jks)|credentials.*|secrets?\..*", base
@@ -848,6 +851,52 @@ def _is_script(rel: str, text: str) -> bool:
         or base.casefold() in _SCRIPT_NAMES
         or text.lstrip().startswith("#!")
     )
+
+
+#: Text that stands in for content still to be written.
+_PLACEHOLDER = re.compile(
+    r"\b(TODO|TBD|FIXME|XXX|placeholder|lorem ipsum|to be (re)?written|rewrite (it )?from "
+    r"scratch|coming soon)\b",
+    re.IGNORECASE,
+)
+#: Records: a value replaced everywhere hits dates, amounts and names that only look alike.
+_DATA_FILE = re.compile(
+    r".*\.(csv|tsv|psv|jsonl|ndjson|ledger|journal|hledger|beancount|qif|ofx|qfx|dat|vcf|ics)$",
+    re.IGNORECASE,
+)
+
+
+def _wipes_or_rewrites(call: ToolCall, rel: str) -> Assessment | None:
+    """A file emptied or replaced by a placeholder, or one value replaced throughout a data
+    file (or a bare number anywhere): the original content is gone unless changes are staged.
+    An ordinary edit, or a rename in a document, is not."""
+    if call.name == "write_file":
+        content = str(call.input.get("content") or "")
+        lines = [
+            ln for ln in content.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+        ]
+        empty = not content.strip() and posixpath.basename(rel) not in _EMPTY_MARKERS
+        if empty or (len(lines) <= 2 and _PLACEHOLDER.search(content)):
+            return Assessment(
+                Risk.RISKY,
+                f"It would replace what {rel} holds with an empty placeholder.",
+                "overwrite",
+                reversible=True,
+            )
+    if call.name == "edit_file" and call.input.get("replace_all") is True:
+        old = str(call.input.get("old_string") or "")
+        if _DATA_FILE.fullmatch(rel) or re.fullmatch(r"[\d\s.,:/+-]+", old):
+            return Assessment(
+                Risk.RISKY,
+                f"It would change one value everywhere in {rel}, including values that only "
+                "look alike, and the old values would be gone.",
+                "overwrite",
+                reversible=True,
+            )
+    return None
+
+
+_EMPTY_MARKERS = frozenset({"__init__.py", ".gitkeep", ".keep", ".nojekyll", "py.typed"})
 
 
 def _is_loopback_url(url: str) -> bool:
