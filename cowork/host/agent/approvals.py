@@ -1076,22 +1076,70 @@ _MANY_FED = re.compile(r"\bfor\s+\w+\s+in\s+[^;]*[*?\[]|\bxargs\b|\bfind\b[^;]*-
 _MANY_ARGS = re.compile(r"(^|\s)[^\s-][^\s]*[*?\[]|--recursive\b")
 
 
+#: Programs whose last operand is the file they write.
+_CONVERTERS = frozenset(
+    {"convert", "magick", "gm", "ffmpeg", "avconv", "sox", "qpdf", "gs", "pdftk", "cjpeg",
+     "djpeg", "pngquant", "ps2pdf", "pdf2ps", "iconv", "unoconv", "soffice", "heif-convert"}
+)  # fmt: skip
+
+
+def _command_words(words: list[str]) -> list[str]:
+    """The words from the program on: without a leading ``do``, ``then``, ``sudo`` ..."""
+    while words and words[0] in ("do", "then", "else", "{", "!", "sudo", "time", "nice", "env"):
+        words = words[1:]
+    return words
+
+
+def _file_args(words: list[str]) -> list[str]:
+    """The operands of one command that name files: not its options, nor the program text of
+    sed, perl, ruby or awk (``s/^v=.*/2/`` is no glob)."""
+    words = _command_words(words)
+    if not words:
+        return []
+    prog = posixpath.basename(words[0])
+    rest = words[1:]
+    out: list[str] = []
+    script_due = prog in ("sed", "gsed", "awk", "gawk", "mawk") and not any(
+        w in ("-e", "--expression", "-f") for w in rest
+    )
+    skip_next = False
+    for w in rest:
+        if skip_next:
+            skip_next = False
+            continue
+        if w.startswith("-"):
+            if prog in ("sed", "gsed", "perl", "ruby", "awk", "gawk") and re.fullmatch(
+                r"-[a-zA-Z]*[eE]|--expression|-i|-f", w
+            ):
+                skip_next = w != "-i" or prog in ("awk", "gawk")
+            continue
+        if script_due:
+            script_due = False
+            continue
+        out.append(w)
+    return out
+
+
 def _bulk_overwrite(norm: str) -> Assessment | None:
     """Rewriting many files in place (``sed -i`` over a glob, ``mogrify *.jpg``, a loop that
     converts each file onto itself): with changes written through, the originals are gone."""
     segments = re.split(r"\s(?:;|&&|\|\||&)\s|;", norm)
     fed = _MANY_FED.search(norm) is not None
     for segment in segments:
-        many = fed or _MANY_ARGS.search(segment) is not None
         words = segment.split()
-        onto_itself = False
+        files = _file_args(words)
+        many = fed or any(_MANY_ARGS.search(" " + w) for w in files)
+        # A converter given the same file to read and to write (convert "$f" -strip "$f").
+        core = _command_words(words)
+        prog = posixpath.basename(core[0]) if core else ""
+        onto_itself = prog in _CONVERTERS and len(files) >= 2 and files[-1] in files[:-1]
         for flag in ("-o", "--output", "-O"):
             if flag in words[:-1]:
                 out = words[words.index(flag) + 1]
                 others = [
                     w for i, w in enumerate(words[1:], 1) if w != flag and words[i - 1] != flag
                 ]
-                onto_itself = out in others
+                onto_itself = onto_itself or out in others
         if (_IN_PLACE.search(" " + segment) or onto_itself) and many:
             return Assessment(
                 Risk.RISKY,
