@@ -260,7 +260,7 @@ _FORBIDDEN_ACTS: tuple[tuple[re.Pattern[str], str, str], ...] = (
     ),
     (
         re.compile(
-            r"(^|[\s;&|(])(ssh|autossh)\s[^;&|]*(\s-[A-Za-z]*[RDLw]\s*\S|"
+            r"(^|[\s;&|(])(ssh|autossh)\b[^;&|]*?(\s-[A-Za-z]*[RDLw]\s*\S|"
             r"-o\s*(Remote|Local|Dynamic)Forward|-o\s*(ProxyCommand|PermitLocalCommand|"
             r"LocalCommand))",
         ),
