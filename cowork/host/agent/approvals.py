@@ -240,7 +240,7 @@ _FORBIDDEN_ACTS: tuple[tuple[re.Pattern[str], str, str], ...] = (
             r"(add|del|delete|replace|change|set|flush|append)\b|"
             r"(^|[\s;&|(])route\s+(add|del)\b|\bsysctl\s+(-w|--write)\b|"
             r"(^|[\s;&|(])(resolvectl|systemd-resolve)\s+(dns|domain|set-dns)\b|"
-            r"\bgit\s+config\s[^;&|]*\b(https?\.)?proxy\b|\bnpm\s+config\s+set\s+(https-)?proxy\b",
+            r"\bgit\s+config\s(?![^;&|]*--(get|list|show))[^;&|]*\b(https?\.)?proxy\b|\bnpm\s+config\s+set\s+(https-)?proxy\b",
             re.IGNORECASE,
         ),
         "It would change how this computer reaches the network, which is how your "
@@ -260,7 +260,7 @@ _FORBIDDEN_ACTS: tuple[tuple[re.Pattern[str], str, str], ...] = (
     ),
     (
         re.compile(
-            r"(^|[\s;&|(])(ssh|autossh)\b[^;&|]*?(\s-[A-Za-z]*[RDLw]\s*\S|"
+            r"(^|[\s;&|(])(ssh|autossh)(?=\s)[^;&|]*?(\s-[A-Za-z]*[RDLw]\s*\S|"
             r"-o\s*(Remote|Local|Dynamic)Forward|-o\s*(ProxyCommand|PermitLocalCommand|"
             r"LocalCommand))",
         ),

@@ -324,7 +324,8 @@ def test_many_files_rewritten_or_deleted_run_when_staged_and_ask_when_not(comman
     ["sed -i 's/Marguerite/Margot/g' chapters/04.md", "sed -i -E 's/^v=.*/v=2/' setup.cfg",
      "mogrify -path web -resize 50% photos/*.jpg", "rm -f *.log *.tmp", "rm -f /tmp/scratch-*.txt",
      "find . -name '*.pyc' -exec rm {} +", "pandoc notes/*.md -o /tmp/all.html",
-     "cp a.md a.bak.md && sed -i 's/  */ /g' a.md",
+     "cp a.md a.bak.md && sed -i 's/  */ /g' a.md", "ssh-keygen -R gitlab.example.com",
+     "git config --get http.proxy",
      "python3 - <<'EOF'\nx = a)/b(c\nprint(x)\nEOF"],
 )  # fmt: skip
 def test_an_edit_to_one_file_or_a_copy_runs_even_when_not_staged(command):
