@@ -493,6 +493,30 @@ def _reaches_credentials(command: str) -> bool:
     )
 
 
+_PASTE_FILES = Assessment(
+    Risk.FORBIDDEN,
+    "It would put the contents of files from your folder on a paste or gist service where "
+    "anyone with the link can read them.",
+    "paste-files",
+)
+
+
+def _gists_files(words: tuple[str, ...]) -> bool:
+    """``gh gist create FILE ...``: files of the folder published as a gist (``-`` reads the
+    text typed into the command instead)."""
+    w = list(_command_words(list(words)))
+    if w[:3] != ["gh", "gist", "create"]:
+        return False
+    takes_value = {"-d", "--desc", "--description", "-f", "--filename"}
+    rest = iter(w[3:])
+    for arg in rest:
+        if arg in takes_value:
+            next(rest, None)
+        elif not arg.startswith("-"):
+            return True
+    return False
+
+
 _SEARCHERS = frozenset({"grep", "egrep", "fgrep", "rg", "ag", "ack", "find", "locate", "fd"})
 #: What a search for secrets looks for: key headers, cloud key names, key and vault files.
 _SECRET_WORDS = re.compile(
@@ -650,6 +674,8 @@ class RuleAssessor:
                 worst = second
         if worst.risk is not Risk.FORBIDDEN and _writes_named(read.text, _CONFIG_IN_TEXT):
             return _CONFIG_WRITE
+        if worst.risk is not Risk.FORBIDDEN and any(_gists_files(c) for c in read.commands):
+            return _PASTE_FILES
         if worst.risk is not Risk.FORBIDDEN and any(_scans_for_secrets(c) for c in read.commands):
             return Assessment(
                 Risk.FORBIDDEN,
@@ -739,13 +765,9 @@ class RuleAssessor:
         # A body typed into the command (a here-document on stdin) is seen; one read from
         # files while it runs is not.
         typed_body = "@-" in norm and "<<" in norm and "$(" not in norm
-        if sends and _PASTE_HOST.search(norm) and _BODY_FROM_FILES.search(norm) and not typed_body:
-            return Assessment(
-                Risk.FORBIDDEN,
-                "It would put the contents of files from your folder on a paste or gist "
-                "service where anyone with the link can read them.",
-                "paste-files",
-            )
+        pasted = sends and _PASTE_HOST.search(norm) and _BODY_FROM_FILES.search(norm)
+        if pasted and not typed_body:
+            return _PASTE_FILES
         if (sends and _ACCESS_PATH.search(norm)) or _ACCESS_TOOL.search(norm):
             return Assessment(
                 Risk.FORBIDDEN,
