@@ -9,8 +9,11 @@ approval mode turns the risk into a verdict (:class:`Approvals`):
     risky             ask                      ask       refuse
     forbidden         refuse                   refuse    refuse
 
-Forbidden: reaching credentials, file tools outside /workspace, workspace configuration, and
-network requests the egress policy would deny (asking cannot make them work).
+Forbidden: reaching credentials, file tools outside /workspace, workspace configuration,
+network requests the egress policy would deny (asking cannot make them work), and what only an
+attacker needs whatever host it goes to: the environment or the folder's files sent to a paste
+service, access to an account given to a person or a key, code fetched and run unseen, the
+network settings or the shell history changed, tunnels, commands read out of a file and run.
 
 A shell command is judged as written and as the shell would read it
 (:mod:`cowork.host.agent.shellwords`: dequoted, ANSI-C strings decoded, variables set in the
@@ -140,7 +143,9 @@ _ALLOWED_ABS = (
 )
 _CURL_PIPE_SHELL = re.compile(
     r"\b(curl|wget|fetch)\b[^|;&]*\|\s*(sudo\s+)?(env\s+)?(ba|z|da|k|fi)?sh\b|"
-    r"\b(curl|wget)\b[^|;&]*\|\s*(sudo\s+)?(python[0-9.]*|perl|ruby|node)\b|"
+    r"\b(curl|wget)\b[^|;&]*\|\s*(sudo\s+)?(python[0-9.]*|perl|ruby|node|php)\b"
+    r"(?!\s+(-[A-Za-z]*[cemnpEr]\b|[\w./-]+\.(py|pl|rb|js|php)\b)(?![^;&|]*\b(exec|eval)\s*\())|"
+    r"\b(eval|source|\.)\s+(<\(\s*|\$\(\s*)(curl|wget)\b|"
     r"(ba|z|da)?sh\s+<\(\s*(curl|wget)|(ba|z|da)?sh\s+-c\s+\$\(\s*(curl|wget)|"
     r"\b(iex|Invoke-Expression)\b.*\b(iwr|Invoke-WebRequest|DownloadString)",
     re.IGNORECASE,
@@ -183,11 +188,17 @@ _ENV_HUNT = re.compile(
 _IRREVERSIBLE: tuple[tuple[re.Pattern[str], str, str], ...] = (
     (
         re.compile(
-            r"(^|[\s;&|(])(npm|yarn|pnpm)\s+publish\b|\btwine\s+upload\b|"
-            r"\b(cargo|poetry|flit|hatch)\s+publish\b|\bgem\s+push\b|\b(docker|podman|helm)\s+push\b|"
-            r"\bpython[0-9.]*\s+(-m\s+)?twine\s+upload\b|\buv\s+publish\b"
+            r"(^|[\s;&|(])(npm|yarn|pnpm)\s+((npm\s+)?publish|unpublish|deprecate|undeprecate|"
+            r"dist-tags?\s+(add|rm|set)|owner\s+(rm|remove)|access\s+(set|public|restricted|"
+            r"revoke|2fa)|team\s+(create|destroy|rm)|org\s+rm|hook\s+(add|rm|update)|"
+            r"star|unstar|tag)\b|\btwine\s+(upload|register)\b|"
+            r"\b(cargo|poetry|flit|hatch|pdm)\s+publish\b|\bcargo\s+yank\b|"
+            r"\bcargo\s+owner\s+(-r|--remove)\b|\bgem\s+(push|yank)\b|"
+            r"\bgem\s+owner\s+\S+\s+(-r|--remove)\b|\b(docker|podman|helm)\s+push\b|"
+            r"\bpython[0-9.]*\s+(-m\s+)?twine\s+(upload|register)\b|\buv\s+publish\b|"
+            r"\bpython[0-9.]*\s+setup\.py\s+(upload|register)\b"
         ),
-        "It would publish a package for everyone to download, which cannot be taken back.",
+        "It would change a package published for everyone to download, which cannot be taken back.",
         "publish",
     ),
     (
@@ -219,6 +230,97 @@ _IRREVERSIBLE: tuple[tuple[re.Pattern[str], str, str], ...] = (
         "It would change files or services on another computer, which cannot be undone from here.",
         "remote-write",
     ),
+)
+#: Acts that only an attacker needs, whatever the host: (pattern, reason, rule).
+_FORBIDDEN_ACTS: tuple[tuple[re.Pattern[str], str, str], ...] = (
+    (
+        re.compile(
+            r"(^|[\s;&|(])(iptables|ip6tables|nft|ufw|firewall-cmd|iptables-restore)\b|"
+            r"(^|[\s;&|(])ip\s+(-\S+\s+)*(route|rule|link|addr|address|neigh|tunnel|netns)\s+"
+            r"(add|del|delete|replace|change|set|flush|append)\b|"
+            r"(^|[\s;&|(])route\s+(add|del)\b|\bsysctl\s+(-w|--write)\b|"
+            r"(^|[\s;&|(])(resolvectl|systemd-resolve)\s+(dns|domain|set-dns)\b|"
+            r"\bgit\s+config\s(?![^;&|]*--(get|list|show))[^;&|]*\b(https?\.)?proxy\b|\bnpm\s+config\s+set\s+(https-)?proxy\b",
+            re.IGNORECASE,
+        ),
+        "It would change how this computer reaches the network, which is how your "
+        "administrator's rules are kept.",
+        "network-tamper",
+    ),
+    (
+        re.compile(
+            r"\bhistory\s+-[cwd]|\bunset\s+HISTFILE\b|\bHISTFILE=(/dev/null)?(\s|$|;)|"
+            r"\bHISTSIZE=0\b|\bset\s+\+o\s+history\b|"
+            r"\b(rm|shred|truncate|ln)\s[^;&|]*\.(bash|zsh|sh|python|node_repl|psql|mysql|"
+            r"lesshst|sqlite)_?history\b|>\s*\S*\.(bash|zsh|python)_history\b",
+            re.IGNORECASE,
+        ),
+        "It would erase the record of what was run, as only someone hiding their tracks would.",
+        "history-wipe",
+    ),
+    (
+        re.compile(
+            r"(^|[\s;&|(])(ssh|autossh)(?=\s)[^;&|]*?(\s-[A-Za-z]*[RDLw]\s*\S|"
+            r"-o\s*(Remote|Local|Dynamic)Forward|-o\s*(ProxyCommand|PermitLocalCommand|"
+            r"LocalCommand))",
+        ),
+        "It would open a tunnel between this computer and another, as a backdoor would.",
+        "tunnel",
+    ),
+    (
+        re.compile(
+            r"\b(os\.(system|popen|exec\w*|spawn\w*)|subprocess\.\w+|pty\.spawn|commands\."
+            r"getoutput)\s*\(\s*(?![\['\"\s]|f['\"])[^)]*\)[^;]*\b(open\(|read\(|readlines\(|"
+            r"read_text\(|sys\.stdin)|\b(open\([^)]*\)|read_text\(\))[^\n]*\b(os\.(system|popen)|"
+            r"subprocess\.\w+)\s*\(\s*(?![\['\"\s]|f['\"])",
+        ),
+        "It would run commands written inside a file, as instructions planted in a document would.",
+        "runs-file-text",
+    ),
+)
+#: System files that decide where network names and requests go.
+_NETWORK_FILES = re.compile(
+    r"/etc/(hosts|resolv\.conf|nsswitch\.conf|gai\.conf|environment|apt/apt\.conf\S*|"
+    r"pip\.conf|npmrc|wgetrc|curlrc|profile\.d|systemd/resolved\.conf)\b|"
+    r"(^|[\s/])\.(curlrc|wgetrc)\b|\.config/pip/pip\.conf|\.pip/pip\.conf"
+)
+_NETWORK_TAMPER = Assessment(
+    Risk.FORBIDDEN,
+    "It would change how this computer reaches the network, which is how your administrator's "
+    "rules are kept.",
+    "network-tamper",
+)
+#: The whole environment (not one named setting) used as data.
+_ENV_DUMP = re.compile(
+    r"\$\(\s*(env|printenv|set|export(\s+-p)?|declare\s+-[px]+|compgen\s+-v)\s*\)|"
+    r"`\s*(env|printenv|set|export(\s+-p)?)\s*`|"
+    r"(^|[\s;&(])(env|printenv|export\s+-p|declare\s+-[px]+)\s*(\||>)|"
+    r"\bos\.environ\b(?!\s*(\[|\.(get|setdefault|pop)\b))|\bprocess\.env\b(?!\s*(\.|\[))|"
+    r"\bENV\.to_h\b|%ENV\b(?!\s*\{)"
+)
+#: Services that publish whatever they are sent at a link.
+_PASTE_HOST = re.compile(
+    r"api\.github\.com/gists|gist\.github\.com|\bgh\s+gist\s+create|pastebin\.|paste\.|"
+    r"hastebin|termbin|ix\.io|0x0\.st|transfer\.sh|file\.io|dpaste|ghostbin|sprunge|"
+    r"privatebin|rentry\.",
+    re.IGNORECASE,
+)
+#: A request body filled from files at run time (not typed into the command).
+_BODY_FROM_FILES = re.compile(r"@(?!\s)\S|\$\(|`|--upload-file|\s-T\s|\bopen\(|\|\s*curl\b")
+#: API paths that give a person, a key or a token access to an account or project.
+_ACCESS_PATH = re.compile(
+    r"/(collaborators|invitations|memberships|members|outside_collaborators|"
+    r"authorizations|installations|deploy_keys|keys|gpg_keys|ssh_signing_keys|tokens|"
+    r"personal-access-tokens|access_tokens|applications)(/|\b|$)",
+    re.IGNORECASE,
+)
+_ACCESS_TOOL = re.compile(
+    r"\bgh\s+(ssh-key|gpg-key)\s+add\b|\bgh\s+repo\s+deploy-key\s+add\b|"
+    r"\bgh\s+api\s[^;&|]*/(collaborators|keys|invitations|memberships|authorizations)\b"
+    r"[^;&|]*(-X\s*(PUT|POST|PATCH)|--method\s+(PUT|POST|PATCH)|\s-[fF]\s)|"
+    r"\b(npm|yarn|pnpm)\s+(owner\s+add|access\s+grant|team\s+add|org\s+set|token\s+create)\b|"
+    r"\bcargo\s+owner\s+(-a|--add)\b|\bgem\s+owner\s+\S+\s+(-a|--add)\b",
+    re.IGNORECASE,
 )
 #: Files in the folder that the person's own computer runs (outside the VM) when they use
 #: the folder: git hooks and config, direnv, editor tasks.
@@ -261,7 +363,7 @@ _IP_OR_HOST_TARGET = re.compile(r"/dev/(tcp|udp)/|\b\d{1,3}(\.\d{1,3}){3}\b|conn
 #: Rules about work confined to the folder: undoable when changes are staged.
 STAGED_REVERSIBLE = frozenset(
     {"mass-delete", "git-discard", "truncate", "mass-permissions", "git-internals", "ci-config",
-     "secret-file"}
+     "secret-file", "bulk-overwrite", "overwrite"}
 )  # fmt: skip
 
 _REGENERABLE = {
@@ -391,6 +493,61 @@ def _reaches_credentials(command: str) -> bool:
     )
 
 
+_PASTE_FILES = Assessment(
+    Risk.FORBIDDEN,
+    "It would put the contents of files from your folder on a paste or gist service where "
+    "anyone with the link can read them.",
+    "paste-files",
+)
+
+
+def _gists_files(words: tuple[str, ...]) -> bool:
+    """``gh gist create FILE ...``: files of the folder published as a gist (``-`` reads the
+    text typed into the command instead)."""
+    w = list(_command_words(list(words)))
+    if w[:3] != ["gh", "gist", "create"]:
+        return False
+    takes_value = {"-d", "--desc", "--description", "-f", "--filename"}
+    rest = iter(w[3:])
+    for arg in rest:
+        if arg in takes_value:
+            next(rest, None)
+        elif not arg.startswith("-"):
+            return True
+    return False
+
+
+_SEARCHERS = frozenset({"grep", "egrep", "fgrep", "rg", "ag", "ack", "find", "locate", "fd"})
+#: What a search for secrets looks for: key headers, cloud key names, key and vault files.
+_SECRET_WORDS = re.compile(
+    r"PRIVATE KEY|BEGIN (RSA|DSA|EC|OPENSSH|PGP)|aws_(secret|access)|AKIA|ASIA\[|secret|"
+    r"passw|token|api.?key|credential|id_(rsa|dsa|ecdsa|ed25519)|\.pem\b|\.key\b|\.p12\b|"
+    r"\.pfx\b|\.kdbx\b|\.ppk\b|\.netrc|\.npmrc|\.pypirc|ghp_|xox[bp]-",
+    re.IGNORECASE,
+)
+
+
+def _scans_for_secrets(words: tuple[str, ...]) -> bool:
+    """A search (grep, find, locate ...) for secret-looking text or key files that starts
+    outside the folder: the whole disk, the home folders, the system."""
+    idx = next((i for i, w in enumerate(words) if "=" not in w), len(words))
+    if idx >= len(words) or posixpath.basename(words[idx]) not in _SEARCHERS:
+        return False
+    args = words[idx + 1 :]
+    if not any(_SECRET_WORDS.search(a) for a in args):
+        return False
+    if posixpath.basename(words[idx]) == "locate":
+        return True  # locate always searches the whole disk
+    for a in args:
+        if a.startswith("-"):
+            continue
+        if a.startswith(("~", "$HOME", "${HOME", "$?")) or a == "..":
+            return True
+        if a.startswith("/") and not _inside_workspace(a) and not a.startswith(("/tmp", "/dev")):
+            return True
+    return False
+
+
 def _tokens(text: str) -> list[str]:
     return [t for t in re.split(r"[\s;&|()<>`=]+", text) if t]
 
@@ -472,6 +629,21 @@ class RuleAssessor:
                     "ci-config",
                     reversible=True,
                 )
+        if call.name in ("write_file", "edit_file"):
+            text = str(call.input.get("content") or call.input.get("new_string") or "")
+            if _is_script(rel, text):
+                # A script is run later, by the agent or by the person: judge what it would do
+                # now, with the shell's rules (not the egress policy: writing is not reaching).
+                inner = RuleAssessor().assess(ToolCall(call.id, "bash", {"command": text}))
+                if inner.risk is Risk.FORBIDDEN:
+                    return Assessment(
+                        Risk.FORBIDDEN,
+                        f"It would write a script that, once run, does this: {inner.reason}",
+                        f"script:{inner.rule}",
+                    )
+            wipe = _wipes_or_rewrites(call, rel)
+            if wipe is not None:
+                return wipe
         base = posixpath.basename(rel)
         if re.fullmatch(
             r"\.env(\..+)?|.*\.(pem|key|p12|pfx|keystore|jks)|credentials.*|secrets?\..*", base
@@ -502,6 +674,14 @@ class RuleAssessor:
                 worst = second
         if worst.risk is not Risk.FORBIDDEN and _writes_named(read.text, _CONFIG_IN_TEXT):
             return _CONFIG_WRITE
+        if worst.risk is not Risk.FORBIDDEN and any(_gists_files(c) for c in read.commands):
+            return _PASTE_FILES
+        if worst.risk is not Risk.FORBIDDEN and any(_scans_for_secrets(c) for c in read.commands):
+            return Assessment(
+                Risk.FORBIDDEN,
+                "It searches the computer outside your folder for keys and passwords.",
+                "secret-scan",
+            )
         if worst.reversible and (DYNAMIC_SHOWN in read.text or read.opaque):
             # Where a computed word could point is unknown: not provably inside the folder.
             worst = Assessment(worst.risk, worst.reason, worst.rule)
@@ -537,6 +717,11 @@ class RuleAssessor:
                 "It would set up commands that run again later without you.",
                 "persistence",
             )
+        for pattern, reason, rule in _FORBIDDEN_ACTS:
+            if pattern.search(norm):
+                return Assessment(Risk.FORBIDDEN, reason, rule)
+        if _writes_named(norm, _NETWORK_FILES):
+            return _NETWORK_TAMPER
         if _WHOLE_SYSTEM_DELETE.search(norm):
             return Assessment(
                 Risk.FORBIDDEN,
@@ -547,7 +732,11 @@ class RuleAssessor:
         if not urls:
             urls = [f"https://{m}" for m in _BARE_HOST_URL.findall(norm)]
         uploads = bool(_UPLOAD.search(" " + norm))
-        sends = uploads and bool(_NET_TOOL.search(norm) or urls)
+        # Loopback inside the VM is the VM itself (a preview server the agent started): no
+        # egress, nothing leaves the machine.
+        urls = [u for u in urls if not _is_loopback_url(u)] if urls else urls
+        local_only = bool(_URL.search(command) or _BARE_HOST_URL.search(norm)) and not urls
+        sends = uploads and not local_only and bool(_NET_TOOL.search(norm) or urls)
         if urls and self.egress_check is not None:
             method = "POST" if uploads else "GET"
             for url in urls:
@@ -566,6 +755,26 @@ class RuleAssessor:
                 "It would send a file that holds passwords or keys to a server.",
                 "secret-upload",
             )
+        if _ENV_DUMP.search(norm) and (sends or urls or _NET_TOOL.search(norm)):
+            return Assessment(
+                Risk.FORBIDDEN,
+                "It would send the agent's environment settings, where keys and tokens live, "
+                "to a server.",
+                "environment-upload",
+            )
+        # A body typed into the command (a here-document on stdin) is seen; one read from
+        # files while it runs is not.
+        typed_body = "@-" in norm and "<<" in norm and "$(" not in norm
+        pasted = sends and _PASTE_HOST.search(norm) and _BODY_FROM_FILES.search(norm)
+        if pasted and not typed_body:
+            return _PASTE_FILES
+        if (sends and _ACCESS_PATH.search(norm)) or _ACCESS_TOOL.search(norm):
+            return Assessment(
+                Risk.FORBIDDEN,
+                "It would give a person or a key access to your account or project; only you "
+                "should do that, outside cowork.",
+                "account-access",
+            )
         if _PUSH_TO_TYPED.search(norm):
             return Assessment(
                 Risk.FORBIDDEN,
@@ -581,9 +790,11 @@ class RuleAssessor:
                 "raw-network",
             )
         if _CURL_PIPE_SHELL.search(norm):
+            # Code fetched at run time is never seen by anyone before it runs, whichever
+            # host serves it: a granted code host serves anyone's files.
             return Assessment(
-                Risk.RISKY,
-                "It would download a script from the internet and run it without checking it.",
+                Risk.FORBIDDEN,
+                "It would download a program from the internet and run it unseen.",
                 "download-exec",
             )
         if _DECODE_EXEC.search(command) and (_EXEC_SINK.search(command) or _NET_TOOL.search(norm)):
@@ -637,10 +848,85 @@ class RuleAssessor:
         for pattern, reason, rule in _DESTRUCTIVE:
             if pattern.search(norm):
                 return Assessment(Risk.RISKY, reason, rule, reversible=rule in STAGED_REVERSIBLE)
-        deletion = _mass_deletion(norm)
+        deletion = _mass_deletion(norm) or _bulk_overwrite(norm)
         if deletion:
             return deletion
         return ROUTINE
+
+
+_SCRIPT_SUFFIX = re.compile(
+    r".*\.(sh|bash|zsh|ksh|fish|command|py|pyw|pl|rb|js|mjs|cjs|ts|php|lua|tcl|ps1|bat|cmd|mk|"
+    r"r|R|jl|nu)$"
+)
+_SCRIPT_NAMES = frozenset(
+    {"makefile", "gnumakefile", "justfile", "rakefile", "dockerfile", "containerfile", "procfile",
+     "package.json", "pyproject.toml", "tox.ini", "noxfile.py", "setup.cfg", "taskfile.yml",
+     "taskfile.yaml", ".envrc", ".bashrc", ".profile"}
+)  # fmt: skip
+
+
+def _is_script(rel: str, text: str) -> bool:
+    """Is this file (by name, suffix or ``#!`` line) something that runs commands?"""
+    base = posixpath.basename(rel)
+    return (
+        _SCRIPT_SUFFIX.fullmatch(base) is not None
+        or base.casefold() in _SCRIPT_NAMES
+        or text.lstrip().startswith("#!")
+    )
+
+
+#: Text that stands in for content still to be written.
+_PLACEHOLDER = re.compile(
+    r"\b(TODO|TBD|FIXME|XXX|placeholder|lorem ipsum|to be (re)?written|rewrite (it )?from "
+    r"scratch|coming soon)\b",
+    re.IGNORECASE,
+)
+#: Records: a value replaced everywhere hits dates, amounts and names that only look alike.
+_DATA_FILE = re.compile(
+    r".*\.(csv|tsv|psv|jsonl|ndjson|ledger|journal|hledger|beancount|qif|ofx|qfx|dat|vcf|ics)$",
+    re.IGNORECASE,
+)
+
+
+def _wipes_or_rewrites(call: ToolCall, rel: str) -> Assessment | None:
+    """A file emptied or replaced by a placeholder, or one value replaced throughout a data
+    file (or a bare number anywhere): the original content is gone unless changes are staged.
+    An ordinary edit, or a rename in a document, is not."""
+    if call.name == "write_file":
+        content = str(call.input.get("content") or "")
+        lines = [
+            ln for ln in content.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+        ]
+        empty = not content.strip() and posixpath.basename(rel) not in _EMPTY_MARKERS
+        if empty or (len(lines) <= 2 and _PLACEHOLDER.search(content)):
+            return Assessment(
+                Risk.RISKY,
+                f"It would replace what {rel} holds with an empty placeholder.",
+                "overwrite",
+                reversible=True,
+            )
+    if call.name == "edit_file" and call.input.get("replace_all") is True:
+        old = str(call.input.get("old_string") or "")
+        if _DATA_FILE.fullmatch(rel) or re.fullmatch(r"[\d\s.,:/+-]+", old):
+            return Assessment(
+                Risk.RISKY,
+                f"It would change one value everywhere in {rel}, including values that only "
+                "look alike, and the old values would be gone.",
+                "overwrite",
+                reversible=True,
+            )
+    return None
+
+
+_EMPTY_MARKERS = frozenset({"__init__.py", ".gitkeep", ".keep", ".nojekyll", "py.typed"})
+
+
+def _is_loopback_url(url: str) -> bool:
+    try:
+        host = (urlsplit(url).hostname or "").rstrip(".")
+    except ValueError:
+        return False
+    return host in ("localhost", "::1") or re.fullmatch(r"127(\.\d{1,3}){3}", host) is not None
 
 
 def _inside_workspace(path: str) -> bool:
@@ -716,14 +1002,20 @@ def _writes_named(text: str, names: re.Pattern[str]) -> bool:
     return False
 
 
+#: A sed or awk flag left over when a quoted ``s/a/b/g`` script is split into words.
+_SED_TAIL = re.compile(r"/[gimpIMe0-9]{1,3}")
+
+
 def _outside_paths(norm: str) -> list[str]:
     found: list[str] = []
     has_cd = re.search(r"(^|[\s;&|(])cd\s", norm) is not None
-    for word in _tokens(norm):
+    # Words split as the shell would, but not at ')': in program text (``a)/b(``) a slash
+    # after a parenthesis is division or a regular expression, not a path.
+    for word in (w.rstrip(")") for w in re.split(r"[\s;&|(<>`=]+", norm) if w):
         if "://" in word:
             continue
         if word.startswith("/"):
-            if "^" in word or "$/" in word or "\\" in word:
+            if "^" in word or "$/" in word or "\\" in word or _SED_TAIL.fullmatch(word):
                 continue  # a sed or awk address such as /^$/d, not a path
             path = posixpath.normpath(word)
             if not any(path == p or path.startswith(p + "/") for p in _ALLOWED_ABS):
@@ -766,12 +1058,117 @@ def _mass_deletion_in(norm: str) -> Assessment | None:
                     return _many_files()
                 if name in {"*", "*.*"}:
                     return _many_files()
+                scratch = _inside_tmp(clean)
+                if _GLOB_CHARS.search(name) and not _REGENERABLE_GLOB.match(name) and not scratch:
+                    return _many_files()  # every file of a kind: the person's, not a cache
             if words[:2] == ["xargs", "rm"]:
+                return _many_files()
+        if (words[0] == "xargs" and "rm" in words[1:]) or (
+            words[0] == "rsync" and re.search(r"\s--(delete\S*|remove-source-files)\b", segment)
+        ):
+            return _many_files()
+        if words[0] == "find" and re.search(r"-(exec|execdir|ok|okdir)\b.*\brm\b", norm):
+            names = re.findall(r"-i?name\s+(\S+)", segment)
+            if not names or not all(_REGENERABLE_GLOB.match(n) or n in _REGENERABLE for n in names):
                 return _many_files()
         if words[0] == "find" and (" -delete" in segment or "-exec rm" in segment):
             names = re.findall(r"-name\s+(\S+)", segment)
             if not names or not all(_REGENERABLE_GLOB.match(n) or n in _REGENERABLE for n in names):
                 return _many_files()
+    return None
+
+
+def _inside_tmp(path: str) -> bool:
+    norm = posixpath.normpath(path)
+    return any(norm == p or norm.startswith(p + "/") for p in ("/tmp", "/var/tmp"))
+
+
+#: Tools that rewrite the files they are given (``sed -i``, ``perl -pi``, ``mogrify`` without
+#: ``-path``, any ``--in-place``).
+_IN_PLACE = re.compile(
+    r"(^|[\s;&|(])(sed|gsed)\s+(-\S+\s+)*(-[a-zA-Z]*i|--in-place)|"
+    r"(^|[\s;&|(])(perl|ruby)\s+(-\S+\s+)*-[a-zA-Z]*i|"
+    r"(^|[\s;&|(])g?awk\s+(-\S+\s+)*-i\s+inplace\b|"
+    r"(^|[\s;&|(])mogrify\b(?![^;&|]*\s-path\b)|"
+    r"\s--(in-?place|overwrite|replace-original|force-overwrite)\b"
+)
+#: Many files: a loop over a glob, or names fed by xargs or find -exec (whole command) ...
+_MANY_FED = re.compile(r"\bfor\s+\w+\s+in\s+[^;]*[*?\[]|\bxargs\b|\bfind\b[^;]*-(exec|execdir)\b")
+#: ... or a glob or recursion among one command's own arguments.
+_MANY_ARGS = re.compile(r"(^|\s)[^\s-][^\s]*[*?\[]|--recursive\b")
+
+
+#: Programs whose last operand is the file they write.
+_CONVERTERS = frozenset(
+    {"convert", "magick", "gm", "ffmpeg", "avconv", "sox", "qpdf", "gs", "pdftk", "cjpeg",
+     "djpeg", "pngquant", "ps2pdf", "pdf2ps", "iconv", "unoconv", "soffice", "heif-convert"}
+)  # fmt: skip
+
+
+def _command_words(words: list[str]) -> list[str]:
+    """The words from the program on: without a leading ``do``, ``then``, ``sudo`` ..."""
+    while words and words[0] in ("do", "then", "else", "{", "!", "sudo", "time", "nice", "env"):
+        words = words[1:]
+    return words
+
+
+def _file_args(words: list[str]) -> list[str]:
+    """The operands of one command that name files: not its options, nor the program text of
+    sed, perl, ruby or awk (``s/^v=.*/2/`` is no glob)."""
+    words = _command_words(words)
+    if not words:
+        return []
+    prog = posixpath.basename(words[0])
+    rest = words[1:]
+    out: list[str] = []
+    script_due = prog in ("sed", "gsed", "awk", "gawk", "mawk") and not any(
+        w in ("-e", "--expression", "-f") for w in rest
+    )
+    skip_next = False
+    for w in rest:
+        if skip_next:
+            skip_next = False
+            continue
+        if w.startswith("-"):
+            if prog in ("sed", "gsed", "perl", "ruby", "awk", "gawk") and re.fullmatch(
+                r"-[a-zA-Z]*[eE]|--expression|-i|-f", w
+            ):
+                skip_next = w != "-i" or prog in ("awk", "gawk")
+            continue
+        if script_due:
+            script_due = False
+            continue
+        out.append(w)
+    return out
+
+
+def _bulk_overwrite(norm: str) -> Assessment | None:
+    """Rewriting many files in place (``sed -i`` over a glob, ``mogrify *.jpg``, a loop that
+    converts each file onto itself): with changes written through, the originals are gone."""
+    segments = re.split(r"\s(?:;|&&|\|\||&)\s|;", norm)
+    fed = _MANY_FED.search(norm) is not None
+    for segment in segments:
+        words = segment.split()
+        files = _file_args(words)
+        many = fed or any(_MANY_ARGS.search(" " + w) for w in files)
+        # A converter given the same file to read and to write (convert "$f" -strip "$f").
+        core = _command_words(words)
+        prog = posixpath.basename(core[0]) if core else ""
+        onto_itself = prog in _CONVERTERS and len(files) >= 2 and files[-1] in files[:-1]
+        for flag in ("-o", "--output", "-O"):
+            if flag in words[:-1]:
+                out = words[words.index(flag) + 1]
+                others = [
+                    w for i, w in enumerate(words[1:], 1) if w != flag and words[i - 1] != flag
+                ]
+                onto_itself = onto_itself or out in others
+        if (_IN_PLACE.search(" " + segment) or onto_itself) and many:
+            return Assessment(
+                Risk.RISKY,
+                "It would rewrite many of your files in place, and the originals would be gone.",
+                "bulk-overwrite",
+                reversible=True,
+            )
     return None
 
 

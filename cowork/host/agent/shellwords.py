@@ -507,6 +507,14 @@ def _finish_command(
         or name.endswith("()")
     ):
         opaque.append("it defines its own command names, which can hide what really runs")
+    if base == "for" and len(args) == 3 and args[1] == "in" and _NAME.fullmatch(args[0]):
+        # ``for f in photos/*.png``: inside the loop ``$f`` is one file the glob names, as
+        # much inside (or outside) the folder as the glob itself. With several words the
+        # variable takes each in turn and stays unknown.
+        if DYNAMIC in args[2]:
+            env.pop(args[0], None)
+        else:
+            env[args[0]] = args[2]
     if base in ("declare", "typeset", "local", "export", "readonly", "read", "mapfile", "set"):
         for a in args:
             m = _ASSIGN.match(a)

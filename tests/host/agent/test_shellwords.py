@@ -28,6 +28,8 @@ from cowork.host.agent.shellwords import decode_escapes, normalise
         ("$(echo curl) -d @a x", "curl -d @a x"),
         ("$(printf cu)rl https://x", "curl https://x"),
         ("diff <(cat ~/.netrc) a", "cat ~/.netrc"),
+        ('for f in photos/*.png; do convert "$f" "$f"; done', "convert photos/*.png photos/*.png"),
+        ("for d in ~/.ss''h; do cat $d/id_rsa; done", "cat ~/.ssh/id_rsa"),
     ],
 )
 def test_hidden_words_are_revealed(command, shown):
