@@ -478,3 +478,45 @@ def test_the_traces_url_follows_the_logs_url():
     assert traces_url("http://c:4318") == "http://c:4318/v1/traces"
     assert traces_url("https://c/v1/logs") == "https://c/v1/traces"
     assert traces_url("https://c/otlp/") == "https://c/otlp/v1/traces"
+
+
+def test_a_task_run_by_the_real_agent_driver_becomes_one_trace(tmp_path, receiver):
+    """The driver's own events (not a hand-written sequence) make the task and tool spans."""
+    from cowork.host.agent.driver import AnthropicModel
+    from cowork.host.agent.offline import OfflineModel, load_script
+    from cowork.host.agent.settings import AgentSettings
+    from cowork.host.agent.task import run_task
+    from cowork.host.agent.testing import ScriptedApprover
+    from cowork.host.channel_fake import FakeChannel
+
+    receiver.start()
+    exporter, _ = _exporter(tmp_path, receiver)
+    bus, _ = _bus(tmp_path, exporter)
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "draft.txt").write_text("Teh quick brown fox\n")
+    scripts = Path(__file__).parents[1] / "data" / "scripts"
+    with OfflineModel(load_script(scripts / "edit_task.json")) as server:
+        settings = AgentSettings(base_url=server.base_url, max_turns=10)
+        summary = run_task(
+            FakeChannel(ws),
+            "Fix the typo and write a summary",
+            settings=settings,
+            events=bus,
+            approver=ScriptedApprover(False),
+            model=AnthropicModel(settings, "test-key", sleep=lambda _s: None),
+            root=str(ws),
+            state_dir=str(tmp_path / "state"),
+        )
+    assert summary.ran == 4
+    assert exporter.flush(60)
+    exporter.close()
+    spans = receiver.received.spans
+    (task,) = [s for s in spans if s["name"] == "cowork.task"]
+    tools = [s for s in spans if s["name"] != "cowork.task"]
+    assert len(tools) == 4 and task["attrs"]["cowork.ran"] == 4
+    assert all(s["parent_id"] == task["span_id"] for s in tools)
+    assert all(s["trace_id"] == task["trace_id"] for s in tools)
+    assert {s["attrs"]["cowork.verdict"] for s in tools} == {"run"}
+    assert [s["name"] for s in tools] == [s["attrs"]["cowork.tool"] for s in tools]
+    assert "Fix the typo" not in repr(spans) and "test-key" not in repr(spans)
