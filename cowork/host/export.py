@@ -131,6 +131,8 @@ def record_attributes(line: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # --- spans -----------------------------------------------------------------------------------
+#: Tool calls tracked at once; beyond this the oldest unfinished one is forgotten.
+MAX_OPEN_SPANS = 4096
 _TOOL_END_VERDICTS = frozenset({"refuse", "refused", "refused-by-user"})
 _TASK_RESULT_FIELDS = ("reason", "turns", "ran", "asked", "refused", "error")
 
@@ -202,6 +204,10 @@ class SpanBuilder:
         call = self._calls.get(key)
         if call is None:
             task = self._tasks.get(session)
+            if kind not in ("action.decided", "approval.asked"):  # no span began: none ends
+                return (self._ctx(task) if task is not None else None), done
+            if len(self._calls) >= MAX_OPEN_SPANS:  # calls that never ended: forget the oldest
+                del self._calls[next(iter(self._calls))]
             call = _Open(
                 str(f.get("tool") or "tool"),
                 task.trace_id if task else _new_id(16),

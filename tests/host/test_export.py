@@ -520,3 +520,20 @@ def test_a_task_run_by_the_real_agent_driver_becomes_one_trace(tmp_path, receive
     assert {s["attrs"]["cowork.verdict"] for s in tools} == {"run"}
     assert [s["name"] for s in tools] == [s["attrs"]["cowork.tool"] for s in tools]
     assert "Fix the typo" not in repr(spans) and "test-key" not in repr(spans)
+
+
+def test_span_builder_ignores_ends_without_a_start_and_forgets_calls_beyond_its_bound():
+    from cowork.host import export
+
+    b = export.SpanBuilder()
+    line = lambda kind, **f: {"kind": kind, "session": "s", "time": 1.0, "fields": f}  # noqa: E731
+    assert b.feed(line("tool.finished", call_id="x", tool="bash", outcome="ok")) == (None, [])
+    assert b.feed(line("approval.answered", call_id="y", approved=True)) == (None, [])
+    for i in range(export.MAX_OPEN_SPANS + 10):
+        b.feed(line("action.decided", call_id=f"c{i}", tool="bash", verdict="run"))
+    assert len(b._calls) == export.MAX_OPEN_SPANS
+    _, done = b.feed(line("tool.finished", call_id="c0", tool="bash", outcome="ok"))
+    assert done == []  # forgotten
+    _, done = b.feed(line("tool.finished", call_id="c20", tool="bash", outcome="ok"))
+    assert [d["attributes"]["cowork.call_id"] for d in done] == ["c20"]
+    assert done[0]["parent_id"] is None  # no task running: a trace of its own
