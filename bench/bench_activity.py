@@ -121,6 +121,7 @@ def main() -> None:
                     "clock_offset_ms_subtracted": round(offset * 1000, 1),
                 },
                 "lost": mon.lost_reason,
+                "proc_filter_in_kernel": (mon.hello or {}).get("proc_filter"),
             }
             print(json.dumps(out, indent=2))
         finally:

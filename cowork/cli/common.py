@@ -27,14 +27,20 @@ def audit_log_path(paths: Paths) -> Path:
     return Path(configured).expanduser() if configured is not None else paths.audit_log
 
 
-def event_bus(paths: Paths, session: str | None = None) -> EventBus:
-    """A bus whose events are also appended to the audit log."""
-    bus = EventBus(session=session)
+def audit_log(paths: Paths) -> AuditLog:
+    """The audit log, with its anchors, exported to the collector when one is set."""
     audit = AuditLog(audit_log_path(paths), anchors=paths.audit_anchors)
-    audit.add_listener(_announce_refusal)
     exporter = _exporter(paths, audit.path)
     if exporter is not None:
         audit.add_listener(exporter.enqueue)
+    return audit
+
+
+def event_bus(paths: Paths, session: str | None = None) -> EventBus:
+    """A bus whose events are also appended to the audit log (and exported)."""
+    bus = EventBus(session=session)
+    audit = audit_log(paths)
+    audit.add_listener(_announce_refusal)
     bus.subscribe(audit)
     return bus
 

@@ -38,7 +38,7 @@ from typing import Any
 
 from cowork.daemon import protocol as p
 from cowork.errors import CoworkError, UsageError
-from cowork.host.events import AuditLog, Event, EventBus, Kind
+from cowork.host.events import Event, EventBus, Kind
 from cowork.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -451,11 +451,12 @@ class Daemon:
 
     # --- sessions ------------------------------------------------------------------------
     def _bus(self) -> EventBus:
-        from cowork.cli.common import audit_log_path
+        from cowork.cli.common import audit_log
 
         bus = EventBus()
         with contextlib.suppress(CoworkError):
-            bus.subscribe(AuditLog(audit_log_path(self.paths)))
+            # The same log as the CLI's: session anchors, and the export to the collector.
+            bus.subscribe(audit_log(self.paths))
         bus.subscribe(self._forward)
         bus.subscribe(self._record)
         return bus

@@ -249,6 +249,15 @@ def describe(line: Mapping[str, Any]) -> str | None:
         return f"command finished: {f.get('command')} (exit {f.get('exited')})"
     if kind == Kind.ACTION_DECIDED:
         return f"action {f.get('verdict')}: {f.get('action')} (tool call {f.get('call_id')})"
+    if kind == Kind.AGENT_STARTED:
+        return f"task {f.get('task_id')} started"
+    if kind == Kind.TOOL_FINISHED:
+        return (
+            f"tool call {f.get('call_id')} ({f.get('tool')}) finished: {f.get('outcome')} "
+            f"after {f.get('seconds')} s"
+        )
+    if kind == Kind.AGENT_FINISHED:
+        return f"task {f.get('task_id') or ''} finished: {f.get('error') or f.get('reason')}"
     if kind == Kind.EGRESS_DENIED:
         return f"blocked: {f.get('method')} {f.get('host')}{f.get('path') or ''}: {f.get('reason')}"
     if kind == Kind.EGRESS_ALLOWED:

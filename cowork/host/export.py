@@ -19,6 +19,16 @@ Delivery:
   first, and ``on_dropped`` is called (the CLI turns it into an ``export.dropped`` event).
 - Only one process sends from a queue at a time (an exclusive lock file); others append.
 
+Spans: the agent's work also goes out as traces, derived on the host from the same audit
+lines (:class:`SpanBuilder`), not from a tracer threaded through the agent loop. Each task
+(``agent.started`` .. ``agent.finished``) is one span; each tool call in it is a child span
+named after the tool, from its decision (``action.decided``, or ``approval.asked`` when the
+person was asked) to its end (``tool.finished``, or the refusal itself). A finished span is
+queued beside the log records, through the same bounded queue, batches and backoff (a batch
+holds logs or spans, never both), and sent to ``/v1/traces`` or the gRPC TraceService. Log
+records of a tool call carry its trace and span ids. Spans still open when cowork stops are
+not exported (the task they belong to ends with the process).
+
 Content: resource attributes are ``service.name``, ``service.version`` (cowork's version),
 ``user.name``, ``host.name``, ``cowork.session`` and ``cowork.workspace.hash`` (sha256 of the
 workspace path, never the path). Event fields become ``cowork.<name>`` attributes; fields that
@@ -67,6 +77,8 @@ _SECRET_RE = re.compile(
     r"|(?i:bearer|basic)\s+([^\s\"',;&]+)"
     r"|\b(sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|xox[abpr]-\S{10,})"
 )
+
+SPAN_ENTRY = "span"
 
 _REFUSALS = frozenset({"egress.denied", "policy.ignored", "policy.rejected", "monitor.lost"})
 
@@ -118,10 +130,171 @@ def record_attributes(line: Mapping[str, Any]) -> dict[str, Any]:
     return attrs
 
 
+# --- spans -----------------------------------------------------------------------------------
+#: Tool calls tracked at once; beyond this the oldest unfinished one is forgotten.
+MAX_OPEN_SPANS = 4096
+_TOOL_END_VERDICTS = frozenset({"refuse", "refused", "refused-by-user"})
+_TASK_RESULT_FIELDS = ("reason", "turns", "ran", "asked", "refused", "error")
+
+
+@dataclass
+class _Open:
+    name: str
+    trace_id: str
+    span_id: str
+    parent_id: str | None
+    start: float
+    attributes: dict[str, Any]
+
+
+def _new_id(nbytes: int) -> str:
+    value = os.urandom(nbytes).hex()
+    return value if value.strip("0") else _new_id(nbytes)  # all-zero ids are invalid in OTLP
+
+
+class SpanBuilder:
+    """Turns audit lines, in log order, into finished spans (one per task and tool call).
+
+    :meth:`feed` returns the trace context that the line belongs to (``trace_id`` and
+    ``span_id``, for the line's log record) and the spans that the line finished, each a
+    JSON-serialisable dict: ``name``, ``trace_id``, ``span_id``, ``parent_id``, ``start``,
+    ``end`` (epoch seconds), ``error`` and sanitised ``attributes``. Children end before
+    their parent, so they are queued first.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: dict[str | None, _Open] = {}
+        self._calls: dict[tuple[str | None, str], _Open] = {}
+
+    def feed(self, line: Mapping[str, Any]) -> tuple[dict[str, str] | None, list[dict[str, Any]]]:
+        kind = str(line.get("kind"))
+        raw_session = line.get("session")
+        session: str | None = raw_session if isinstance(raw_session, str) else None
+        f: Mapping[str, Any] = line.get("fields") or {}
+        now = float(line.get("time") or time.time())
+        done: list[dict[str, Any]] = []
+        if kind == "agent.started":
+            for key in [k for k in self._calls if k[0] == session]:  # a task ended unseen
+                done.append(self._end(self._calls.pop(key), now, {"cowork.outcome": "unfinished"}))
+            if session in self._tasks:
+                done.append(self._end(self._tasks.pop(session), now, {"cowork.reason": "lost"}))
+            attrs = {"cowork.session": session or "", "cowork.task_id": str(f.get("task_id"))}
+            if f.get("model"):
+                attrs["cowork.model"] = str(f["model"])
+            started = _Open("cowork.task", _new_id(16), _new_id(8), None, now, attrs)
+            self._tasks[session] = started
+            return self._ctx(started), done
+        if kind == "agent.finished":
+            ended = self._tasks.pop(session, None)
+            for key in [k for k in self._calls if k[0] == session]:
+                done.append(self._end(self._calls.pop(key), now, {"cowork.outcome": "unfinished"}))
+            if ended is None:
+                return None, done
+            result = {f"cowork.{k}": f.get(k) for k in _TASK_RESULT_FIELDS if f.get(k) is not None}
+            done.append(self._end(ended, now, result, error=bool(f.get("error"))))
+            return self._ctx(ended), done
+        call_id = f.get("call_id")
+        if not call_id or kind not in (
+            "action.decided", "approval.asked", "approval.answered", "tool.finished",
+        ):  # fmt: skip
+            owner = self._calls.get((session, str(call_id))) if call_id else None
+            owner = owner or self._tasks.get(session)
+            return (self._ctx(owner) if owner is not None else None), done
+        key = (session, str(call_id))
+        call = self._calls.get(key)
+        if call is None:
+            task = self._tasks.get(session)
+            if kind not in ("action.decided", "approval.asked"):  # no span began: none ends
+                return (self._ctx(task) if task is not None else None), done
+            if len(self._calls) >= MAX_OPEN_SPANS:  # calls that never ended: forget the oldest
+                del self._calls[next(iter(self._calls))]
+            call = _Open(
+                str(f.get("tool") or "tool"),
+                task.trace_id if task else _new_id(16),
+                _new_id(8),
+                task.span_id if task else None,
+                now,
+                {
+                    "cowork.session": session or "",
+                    "cowork.tool": str(f.get("tool") or ""),
+                    "cowork.call_id": str(call_id),
+                },
+            )
+            self._calls[key] = call
+        ctx = self._ctx(call)
+        if kind == "approval.asked":
+            call.attributes["cowork.verdict"] = "ask"
+        elif kind == "approval.answered":
+            call.attributes["cowork.approved"] = bool(f.get("approved"))
+            if f.get("approved"):
+                call.attributes["cowork.verdict"] = "run-approved"
+        elif kind == "action.decided":
+            verdict = str(f.get("verdict"))
+            call.attributes["cowork.verdict"] = verdict
+            for name in ("risk", "rule"):
+                if f.get(name) is not None:
+                    call.attributes[f"cowork.{name}"] = f.get(name)
+            if verdict in _TOOL_END_VERDICTS:
+                del self._calls[key]
+                done.append(self._end(call, now, {"cowork.outcome": "refused"}))
+        elif kind == "tool.finished":
+            del self._calls[key]
+            outcome = str(f.get("outcome"))
+            done.append(self._end(call, now, {"cowork.outcome": outcome}, error=outcome != "ok"))
+        return ctx, done
+
+    @staticmethod
+    def _ctx(span: _Open) -> dict[str, str]:
+        return {"trace_id": span.trace_id, "span_id": span.span_id}
+
+    @staticmethod
+    def _end(
+        span: _Open, end: float, extra: Mapping[str, Any], *, error: bool = False
+    ) -> dict[str, Any]:
+        attrs = {**span.attributes, **extra}
+        attrs["cowork.duration_s"] = round(max(0.0, end - span.start), 6)
+        return {
+            "name": span.name,
+            "trace_id": span.trace_id,
+            "span_id": span.span_id,
+            "parent_id": span.parent_id,
+            "start": span.start,
+            "end": max(end, span.start),
+            "error": error,
+            "attributes": {k: _attr_value(v) for k, v in sorted(attrs.items())},
+        }
+
+
+def _trace_context(trace: Any) -> Any:
+    """An OpenTelemetry context holding the span ``trace`` names, for a log record."""
+    if not isinstance(trace, Mapping):
+        return None
+    from opentelemetry import trace as otel_trace
+
+    try:
+        ctx = otel_trace.SpanContext(
+            int(str(trace["trace_id"]), 16),
+            int(str(trace["span_id"]), 16),
+            False,
+            otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED),
+        )
+    except (KeyError, ValueError):
+        return None
+    return otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(ctx))
+
+
 class LogSender(Protocol):
     """What the exporter needs from an OTLP log exporter (the SDK's, or a test's)."""
 
     def export(self, batch: Sequence[Any]) -> Any: ...
+
+    def shutdown(self) -> None: ...
+
+
+class SpanSender(Protocol):
+    """What the exporter needs from an OTLP span exporter (the SDK's, or a test's)."""
+
+    def export(self, spans: Sequence[Any]) -> Any: ...
 
     def shutdown(self) -> None: ...
 
@@ -147,6 +320,36 @@ def make_sender(endpoint: str, protocol: Protocol_, timeout: float) -> LogSender
     return HttpExporter(endpoint=url, timeout=timeout)
 
 
+def traces_url(endpoint: str) -> str:
+    """Where OTLP/HTTP spans go: ``…/v1/logs`` becomes ``…/v1/traces``; a base URL (or any
+    other path) gets ``/v1/traces`` appended."""
+    parts = urlsplit(endpoint)
+    path = parts.path.rstrip("/")
+    if path.endswith("/v1/logs"):
+        path = path[: -len("/v1/logs")]
+    return parts._replace(path=path + "/v1/traces").geturl()
+
+
+def make_span_sender(endpoint: str, protocol: Protocol_, timeout: float) -> SpanSender:
+    """The SDK's OTLP span exporter for ``endpoint`` and ``protocol``."""
+    parts = urlsplit(endpoint)
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcSpanExporter,
+        )
+
+        return GrpcSpanExporter(
+            endpoint=f"{parts.hostname}:{parts.port or 4317}",
+            insecure=parts.scheme == "http",
+            timeout=timeout,
+        )
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpSpanExporter,
+    )
+
+    return HttpSpanExporter(endpoint=traces_url(endpoint), timeout=timeout)
+
+
 @dataclass(frozen=True)
 class ExportSettings:
     endpoint: str
@@ -170,6 +373,7 @@ class Exporter:
         workspace_of: Callable[[str], str | None] = lambda _s: None,
         on_dropped: Callable[[int, int, int], None] = lambda _n, _a, _b: None,
         sender: LogSender | None = None,
+        span_sender: SpanSender | None = None,
     ) -> None:
         self.settings = settings
         self.queue_dir = settings.queue_dir
@@ -179,6 +383,11 @@ class Exporter:
         self._workspace_of = workspace_of
         self._on_dropped = on_dropped
         self._sender = sender or make_sender(settings.endpoint, settings.protocol, settings.timeout)
+        self._span_sender = span_sender or make_span_sender(
+            settings.endpoint, settings.protocol, settings.timeout
+        )
+        self._spans = SpanBuilder()
+        self._dropped_spans = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -187,6 +396,7 @@ class Exporter:
         self._resources: dict[tuple[str | None, str | None], Any] = {}
         self._thread = threading.Thread(target=self._run, name="cowork-export", daemon=True)
         self.sent = 0
+        self.sent_spans = 0
         self.failures = 0
         self._thread.start()
 
@@ -230,28 +440,51 @@ class Exporter:
             return self._size() - self._read_cursor()
 
     def enqueue(self, line: Mapping[str, Any]) -> bool:
-        """Queue one audit line for export; False when the queue is full (line dropped)."""
-        data = (
-            json.dumps(line, sort_keys=True, separators=(",", ":"), default=str) + "\n"
-        ).encode()
+        """Queue one audit line for export (and the spans it finished); False when the queue
+        is full (the line dropped)."""
         with self._locked():
-            pending = self._size() - self._read_cursor()
-            if pending + len(data) > self.settings.max_bytes:
-                self._dropped.append(int(line.get("seq") or 0))
-                return False
-            if self._dropped:
-                first, last, count = self._dropped[0], self._dropped[-1], len(self._dropped)
-                self._dropped = []
-                notice = {
-                    "kind": "export.dropped",
-                    "time": time.time(),
-                    "session": line.get("session"),
-                    "fields": {"count": count, "first_seq": first, "last_seq": last},
-                }
-                self._append((json.dumps(notice, sort_keys=True) + "\n").encode())
-                self._pending_notice = (count, first, last)
-            self._append(data)
-        return True
+            ctx, spans = self._spans.feed(line)
+            entry = dict(line)
+            if ctx is not None:
+                entry["trace"] = ctx
+            entries: list[tuple[dict[str, Any], bool]] = [(entry, False)]
+            entries += [
+                ({"kind": SPAN_ENTRY, "session": line.get("session"), "span": span}, True)
+                for span in spans
+            ]
+            queued = True
+            for obj, is_span in entries:
+                data = (
+                    json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str) + "\n"
+                ).encode()
+                pending = self._size() - self._read_cursor()
+                if pending + len(data) > self.settings.max_bytes:
+                    if is_span:
+                        self._dropped_spans += 1
+                    else:
+                        self._dropped.append(int(line.get("seq") or 0))
+                        queued = False
+                    continue
+                self._queue_drop_notice(line.get("session"))
+                self._append(data)
+        return queued
+
+    def _queue_drop_notice(self, session: Any) -> None:
+        """Queue an ``export.dropped`` record for what was dropped since the last one."""
+        if not self._dropped and not self._dropped_spans:
+            return
+        lines, spans = len(self._dropped), self._dropped_spans
+        first, last = (self._dropped[0], self._dropped[-1]) if lines else (0, 0)
+        self._dropped, self._dropped_spans = [], 0
+        notice = {
+            "kind": "export.dropped",
+            "time": time.time(),
+            "session": session,
+            "fields": {"count": lines + spans, "first_seq": first, "last_seq": last,
+                       "spans": spans},
+        }  # fmt: skip
+        self._append((json.dumps(notice, sort_keys=True) + "\n").encode())
+        self._pending_notice = (lines + spans, first, last)
 
     __call__ = enqueue
 
@@ -279,8 +512,12 @@ class Exporter:
                         end += len(raw)
                         continue
                     # One session (one OTLP resource) per batch: OTLP groups records by
-                    # resource, so mixing them would lose the order across sessions.
-                    if out and obj.get("session") != out[0].get("session"):
+                    # resource, so mixing them would lose the order across sessions. And
+                    # logs or spans, not both: each goes to its own service.
+                    if out and (
+                        obj.get("session") != out[0].get("session")
+                        or (obj.get("kind") == SPAN_ENTRY) != (out[0].get("kind") == SPAN_ENTRY)
+                    ):
                         break
                     end += len(raw)
                     if isinstance(obj, dict):
@@ -332,6 +569,7 @@ class Exporter:
             record = LogRecord(
                 timestamp=ns,
                 observed_timestamp=ns,
+                context=_trace_context(line.get("trace")),
                 severity_number=SeverityNumber.WARN if refusal else SeverityNumber.INFO,
                 severity_text="WARN" if refusal else "INFO",
                 body=kind,
@@ -348,10 +586,45 @@ class Exporter:
             )
         return out
 
+    def _span_objects(self, entries: list[dict[str, Any]]) -> list[Any]:
+        from opentelemetry.sdk.trace import ReadableSpan
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+        from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+        scope = InstrumentationScope("cowork.agent", __version__)
+        flags = TraceFlags(TraceFlags.SAMPLED)
+        out = []
+        for entry in entries:
+            span = entry.get("span") or {}
+            trace_id = int(str(span["trace_id"]), 16)
+            parent = span.get("parent_id")
+            session = entry.get("session")
+            out.append(
+                ReadableSpan(
+                    name=str(span.get("name")),
+                    context=SpanContext(trace_id, int(str(span["span_id"]), 16), False, flags),
+                    parent=SpanContext(trace_id, int(str(parent), 16), False, flags)
+                    if parent
+                    else None,
+                    resource=self._resource(session if isinstance(session, str) else None),
+                    attributes=dict(span.get("attributes") or {}),
+                    kind=SpanKind.INTERNAL,
+                    status=Status(StatusCode.ERROR if span.get("error") else StatusCode.UNSET),
+                    start_time=int(float(span["start"]) * 1e9),
+                    end_time=int(float(span["end"]) * 1e9),
+                    instrumentation_scope=scope,
+                )
+            )
+        return out
+
     def _send(self, lines: list[dict[str, Any]]) -> bool:
         from opentelemetry.sdk._logs.export import LogRecordExportResult
+        from opentelemetry.sdk.trace.export import SpanExportResult
 
         try:
+            if lines[0].get("kind") == SPAN_ENTRY:
+                spans = self._span_objects([x for x in lines if x.get("span")])
+                return bool(self._span_sender.export(spans) == SpanExportResult.SUCCESS)
             result = self._sender.export(self._records(lines))
         except Exception:
             log.exception("export to the collector failed")
@@ -380,7 +653,10 @@ class Exporter:
                 if lines:
                     if self._send(lines):
                         self._commit(end)
-                        self.sent += len(lines)
+                        if lines[0].get("kind") == SPAN_ENTRY:
+                            self.sent_spans += len(lines)
+                        else:
+                            self.sent += len(lines)
                         backoff = self.settings.backoff_initial
                         continue
                     self.failures += 1
@@ -429,5 +705,6 @@ class Exporter:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout + self.settings.timeout + 1)
-        with contextlib.suppress(Exception):
-            self._sender.shutdown()
+        for sender in (self._sender, self._span_sender):
+            with contextlib.suppress(Exception):
+                sender.shutdown()

@@ -381,3 +381,42 @@ def test_a_large_change_set_is_shown_in_pages_under_the_line_limit(service, monk
         assert sorted(seen) == ["new.txt", "notes.txt", "pic.bin"] and pages > 1
         info, entries = c.show_changes(name)
         assert info.session == name and [e.path for e in entries] == seen
+
+
+def test_the_service_anchors_and_exports_what_its_sessions_record(service):
+    """Sessions the service runs go to the same audit log as the CLI's: with an anchor when
+    a session ends, and to the organisation's collector when one is set."""
+    from cowork.host.audit import read_anchors
+    from cowork.host.events import Kind
+    from tests.host.test_export import HttpReceiver, _free_port
+
+    receiver = HttpReceiver(_free_port())
+    receiver.protocol = "http/protobuf"  # type: ignore[attr-defined]
+    receiver.start()
+    try:
+        service.paths.admin.mkdir(parents=True, exist_ok=True)
+        service.paths.admin_policy_file.write_text(
+            f'[audit]\notel_endpoint = "{receiver.endpoint}"\n'
+        )
+        bus = service.daemon._bus()
+        bus.emit(Kind.SESSION_STARTED, session="svc-1")
+        bus.emit(Kind.AGENT_STARTED, session="svc-1", task_id="t1")
+        bus.emit(Kind.AGENT_FINISHED, session="svc-1", task_id="t1", reason="completed")
+        bus.emit(Kind.SESSION_ENDED, session="svc-1")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and (
+            len(receiver.received.records) < 4 or not receiver.received.spans
+        ):
+            time.sleep(0.05)
+        kinds = [r["event_name"] for r in receiver.received.records]
+        assert kinds == ["session.started", "agent.started", "agent.finished", "session.ended"]
+        assert [s["name"] for s in receiver.received.spans] == ["cowork.task"]
+        (anchor,) = read_anchors(service.paths.audit_anchors, service.paths.audit_log)
+        assert anchor.session == "svc-1"
+    finally:
+        from cowork.cli import common
+
+        exporter = common._EXPORTERS.pop(service.paths.export_queue, None)
+        if exporter is not None:
+            exporter.close(1.0)
+        receiver.stop()

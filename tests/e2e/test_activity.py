@@ -1,12 +1,18 @@
 """The guest activity monitor in a real VM: a command's process tree, file changes and a raw
 socket attempt reach the host as events tied to the tool call; the agent cannot see, kill or
-ptrace the monitor; a monitor that stops reporting is noticed and the VM is stopped."""
+ptrace the monitor; a monitor that stops reporting (the guest frozen) or is killed by root in
+the guest is noticed within the heartbeat bound, and the session is stopped or marked as the
+policy says."""
 
 from __future__ import annotations
 
 import time
 
+import pytest
+
+from cowork.guest import contract
 from cowork.host.events import Kind
+from tests.e2e.conftest import make_paths, make_workspace
 
 COMMAND = r"""
 set -e
@@ -116,3 +122,116 @@ def test_a_monitor_that_stops_reporting_is_noticed_and_the_vm_stopped(booted):
     lost = booted.recorder.of(Kind.MONITOR_LOST)
     assert lost and lost[0].session == sess.name
     assert _wait(lambda: backend.status(sess.name).state.value != "running", timeout=30)
+
+
+# --- the monitor killed by root inside the guest -----------------------------------------------
+#: How long after the monitor starts the test's root step kills it: long enough for the host to
+#: have connected and seen the monitor's hello under TCG, short enough for a quick test.
+KILL_AFTER_S = 20.0
+KILLED_MARKER = "COWORK-TEST-MONITOR-KILLED"
+
+#: Appended to the guest's init (only in the seed these tests build): wraps the step that starts
+#: the monitor so that, as root, a forked child SIGKILLs the monitor KILL_AFTER_S later and says
+#: so on the console. No product code path can add a step like this: the guest code comes from
+#: the host's own package (``contract.guest_code_files``), which only the tests replace here.
+_ROOT_KILL_STEP = f'''
+
+_start_activity_monitor = start_activity_monitor
+
+
+def start_activity_monitor(log):
+    pid = _start_activity_monitor(log)
+    if pid is not None and os.fork() == 0:
+        try:
+            time.sleep({KILL_AFTER_S!r})
+            os.kill(pid, signal.SIGKILL)
+            console("{KILLED_MARKER} %d uid %d" % (pid, os.getuid()))
+        finally:
+            os._exit(0)
+    return pid
+'''
+_REAL_GUEST_CODE = contract.guest_code_files
+_MAIN = 'if __name__ == "__main__":\n    main()\n'
+
+
+def _guest_code_with_a_root_kill_step() -> dict[str, str]:
+    files = _REAL_GUEST_CODE()
+    init = files["cowork/guest/init.py"]
+    assert init.endswith(_MAIN), "init.py no longer ends with its __main__ block"
+    files["cowork/guest/init.py"] = init[: -len(_MAIN)] + _ROOT_KILL_STEP + "\n\n" + _MAIN
+    return files
+
+
+def _open_with_monitor_killer(tmp_path, monkeypatch, mode: str):
+    from cowork.host.events import EventBus, Recorder
+    from cowork.host.session import Session, VMSettings
+
+    monkeypatch.setattr(contract, "guest_code_files", _guest_code_with_a_root_kill_step)
+    paths = make_paths(tmp_path / "cowork")
+    paths.admin.mkdir(parents=True)
+    paths.admin_policy_file.write_text(f'[audit]\nmonitor_lost = "{mode}"\n')
+    ws = make_workspace(tmp_path)
+    claude = tmp_path / "user-claude"
+    claude.mkdir()
+    bus, rec = EventBus(), Recorder()
+    bus.subscribe(rec)
+    sess = Session.open(
+        ws, paths=paths, events=bus, settings=VMSettings(claude_dir=claude, memory_mib=1024)
+    )
+    return sess, rec, paths
+
+
+def _killed_at(console_log, timeout: float) -> float:
+    """Host clock when the guest's root step reported the kill on the console."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            text = console_log.read_text(errors="replace")
+        except OSError:
+            text = ""
+        if KILLED_MARKER in text:
+            return time.time()
+        time.sleep(0.05)
+    raise AssertionError(f"the root step never killed the monitor:\n{text[-2000:]}")
+
+
+@pytest.mark.parametrize("mode", ["stop", "mark"])
+def test_killing_the_monitor_as_root_in_the_guest_is_noticed(
+    image_ready, tmp_path, monkeypatch, mode
+):
+    import shutil
+
+    from cowork.guest.monitor import HEARTBEAT_S
+    from cowork.host.activity import HEARTBEAT_TIMEOUT_S
+    from cowork.paths import CONSOLE_LOG_FILE
+
+    sess, rec, paths = _open_with_monitor_killer(tmp_path, monkeypatch, mode)
+    try:
+        assert sess.monitor is not None
+        assert _wait(lambda: sess.monitor.hello is not None), "the monitor never said hello"
+        assert sess.monitor.lost_reason is None, sess.monitor.lost_reason
+        killed = _killed_at(paths.session_dir(sess.name) / CONSOLE_LOG_FILE, KILL_AFTER_S + 60)
+        assert f"{KILLED_MARKER} {sess.monitor.hello['pid']} uid 0" in (
+            paths.session_dir(sess.name) / CONSOLE_LOG_FILE
+        ).read_text(errors="replace")
+        bound = HEARTBEAT_TIMEOUT_S + HEARTBEAT_S + 2.0  # + the console poll and a loaded host
+        assert _wait(lambda: bool(rec.of(Kind.MONITOR_LOST)), timeout=bound + 30)
+        (lost,) = rec.of(Kind.MONITOR_LOST)
+        assert lost.session == sess.name
+        assert "stopped reporting" in lost.fields["reason"], lost.fields
+        noticed = lost.time - killed
+        print(f"monitor killed -> monitor.lost on the host: {noticed:.2f} s ({mode})")
+        assert noticed <= bound, f"noticed {noticed:.1f} s after the kill (bound {bound} s)"
+        state = lambda: sess.backend.status(sess.name).state.value  # noqa: E731
+        if mode == "stop":
+            # Fail closed: the VM is stopped, nothing more runs in it.
+            assert _wait(lambda: state() != "running", timeout=30), state()
+        else:
+            # Marked: the session goes on, and the loss stands in the event stream.
+            time.sleep(2)
+            assert state() == "running"
+            assert sess.channel.run("echo still-here", timeout=60).stdout.strip() == "still-here"
+            assert len(rec.of(Kind.MONITOR_LOST)) == 1
+    finally:
+        sess.close()
+        shutil.rmtree(paths.runtime, ignore_errors=True)

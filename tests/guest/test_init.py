@@ -330,3 +330,41 @@ def test_reseed_fails_closed_before_touching_the_kernel(tmp_path):
     missing = tmp_path / "no-urandom"
     with pytest.raises(init.InitError, match="entropy"):
         init.warm_reseed(seed, lambda _m: None, urandom=str(missing))  # type: ignore[arg-type]
+
+
+def test_the_guest_code_in_a_seed_is_exactly_the_package_and_nothing_else():
+    """What runs as root in the guest comes only from cowork's own ``cowork/guest`` files:
+    no parameter, setting or environment variable adds to it, and the seed has no field
+    that names a command for init to run. (Tests that need a root action in the guest
+    replace ``contract.guest_code_files`` in their own process.)"""
+    import inspect
+    from dataclasses import fields
+    from pathlib import Path
+
+    here = Path(init.__file__).resolve().parent
+    files = contract.guest_code_files()
+    assert set(files) == {"cowork/__init__.py"} | {
+        f"cowork/guest/{p.name}" for p in here.glob("*.py")
+    }
+    for name, text in files.items():
+        if name != "cowork/__init__.py":
+            assert text == (here / Path(name).name).read_text(encoding="utf-8")
+    assert list(inspect.signature(contract.guest_code_files).parameters) == []
+    assert {f.name for f in fields(contract.Seed)} == {
+        "session",
+        "host_key",
+        "authorized_key",
+        "agent_uid",
+        "agent_gid",
+        "mounts",
+        "env",
+        "ca_certs",
+        "guest_code",
+        "hostname",
+        "channel_port",
+        "template",
+        "entropy",
+        "vmgenid",
+        "host_time",
+        "staged",
+    }, "a new seed field: make sure it cannot make the guest's init run something as root"

@@ -108,3 +108,41 @@ def test_the_monitor_reports_processes_and_files(tmp_path):
     sleeps = [p for p in procs if (p.get("argv") or [""])[0] == "sleep"]
     assert sleeps and sleeps[0]["ppid"] == shs[0]["pid"]
     assert "p4ss" not in json.dumps(recs)
+
+
+def _proc_whats(sock: socket.socket, seconds: float = 1.0) -> list[int]:
+    whats: list[int] = []
+    deadline = time.monotonic() + seconds
+    sock.settimeout(0.1)
+    while time.monotonic() < deadline:
+        try:
+            data = sock.recv(65536)
+        except TimeoutError:
+            continue
+        body = m.PROC_WHAT_OFFSET
+        if len(data) >= body + 4:
+            whats.append(struct.unpack_from("=I", data, body)[0])
+    return whats
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the process connector needs root")
+def test_the_kernel_filter_keeps_fork_and_exec_and_drops_the_rest():
+    socks = []
+    for filtered in (True, False):
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, m.NETLINK_CONNECTOR)
+        s.bind((0, m.CN_IDX_PROC))
+        if filtered:
+            assert m.attach_proc_filter(s)
+        s.send(m.proc_listen_message())
+        socks.append(s)
+    try:
+        subprocess.run(["/bin/true"], check=True)
+        filtered, everything = (_proc_whats(s) for s in socks)
+    finally:
+        for s in socks:
+            s.close()
+    exit_event = 0x80000000
+    assert exit_event in everything  # the connector does send more than fork and exec
+    assert set(filtered) <= {m.PROC_EVENT_FORK, m.PROC_EVENT_EXEC}
+    assert m.PROC_EVENT_EXEC in filtered and m.PROC_EVENT_FORK in filtered
+    assert len(filtered) < len(everything)

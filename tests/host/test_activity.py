@@ -161,3 +161,21 @@ def test_an_attached_reader_needs_no_hello_but_still_a_heartbeat(tmp_path):
     finally:
         reader.stop()
         port.close()
+
+
+def test_task_and_tool_call_ends_read_in_plain_words():
+    from cowork.host.activity import describe
+
+    def line(kind: Kind, **fields: object) -> dict:
+        return {"kind": str(kind), "fields": fields}
+
+    assert describe(line(Kind.AGENT_STARTED, task_id="ab12")) == "task ab12 started"
+    assert describe(
+        line(Kind.TOOL_FINISHED, call_id="c1", tool="bash", outcome="error", seconds=0.5)
+    ) == ("tool call c1 (bash) finished: error after 0.5 s")
+    assert describe(line(Kind.AGENT_FINISHED, task_id="ab12", reason="completed")) == (
+        "task ab12 finished: completed"
+    )
+    assert describe(line(Kind.AGENT_FINISHED, task_id="ab12", reason="x", error="no key")) == (
+        "task ab12 finished: no key"
+    )

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -211,6 +212,7 @@ class Driver:
         self.hooks = hooks
         self.on_text = on_text
         self.on_action = on_action
+        self.task_id = ""
 
     def _record(self, kind: str, **fields: Any) -> None:
         if self.transcript is not None:
@@ -230,6 +232,10 @@ class Driver:
 
     def run(self, loop: AgentLoop) -> RunSummary:
         self._record("task", task=loop.task, settings=str(loop.settings.model))
+        # The task's own text stays out of events (it can hold what the person typed); the
+        # id ties the task's events together (and becomes its span in the OTLP export).
+        self.task_id = secrets.token_hex(8)
+        self.events.emit(Kind.AGENT_STARTED, task_id=self.task_id, model=loop.settings.model)
         if self.hooks is not None and self.hooks.events is None:
             self.hooks.refresh()
         steps = loop.run()
@@ -252,7 +258,7 @@ class Driver:
             "refused": summary.refused,
             "error": summary.error,
         }
-        self.events.emit(Kind.AGENT_FINISHED, **fields)
+        self.events.emit(Kind.AGENT_FINISHED, task_id=self.task_id, **fields)
         self._record("finished", **fields)
 
     def _perform(self, action: CallModel | AskUser | RunTool | Refused) -> Result:
@@ -317,11 +323,14 @@ class Driver:
         if not action.approved_by_user:
             self._decided(call, action.decision, verdict)
         self.on_action("run", call, action.decision)
+        started = time.monotonic()
         try:
             outcome = self._execute(call)
         except KeyboardInterrupt:
             self._stop_guest_command(call)
+            self._tool_finished(call, "interrupted", started)
             return Interrupted(call.name)
+        self._tool_finished(call, "error" if outcome.is_error else "ok", started)
         self._record(
             "tool",
             tool=call.name,
@@ -330,6 +339,15 @@ class Driver:
             output=outcome.text[:4000],
         )
         return self._screen(call, outcome)
+
+    def _tool_finished(self, call: ToolCall, outcome: str, started: float) -> None:
+        self.events.emit(
+            Kind.TOOL_FINISHED,
+            call_id=call.id,
+            tool=call.name,
+            outcome=outcome,
+            seconds=round(time.monotonic() - started, 3),
+        )
 
     def _screen(self, call: ToolCall, outcome: ToolOutcome) -> ToolOutcome:
         """The content layer: provenance, neutralisation, envelope; outside text marks."""

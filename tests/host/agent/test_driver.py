@@ -80,6 +80,17 @@ def test_scripted_task_through_the_real_sdk_changes_exactly_the_expected_files(w
     assert len(rec.of(Kind.ACTION_DECIDED)) == 4
     finished = rec.of(Kind.AGENT_FINISHED)[0].fields
     assert (finished["ran"], finished["asked"], finished["refused"]) == (4, 0, 0)
+    # the task's start and each tool call's end are events too (the export's spans)
+    (started,) = rec.of(Kind.AGENT_STARTED)
+    assert started.fields["task_id"] == finished["task_id"] and len(finished["task_id"]) == 16
+    assert "typo" not in repr(started.fields)  # never the task's text
+    ended = rec.of(Kind.TOOL_FINISHED)
+    decided = rec.of(Kind.ACTION_DECIDED)
+    assert [e.fields["call_id"] for e in ended] == [e.fields["call_id"] for e in decided]
+    assert [e.fields["tool"] for e in ended] == [e.fields["tool"] for e in decided]
+    assert all(e.fields["outcome"] in ("ok", "error") and e.fields["seconds"] >= 0 for e in ended)
+    kinds = [e.kind for e in rec.events]
+    assert kinds.index(Kind.AGENT_STARTED) < kinds.index(Kind.ACTION_DECIDED)
     # Transcript in cowork's data directory, not in the workspace.
     assert transcript.path.is_relative_to(tmp_path / "cw" / "data" / "transcripts")
     kinds = [r["kind"] for r in transcript.read()]
