@@ -4,8 +4,9 @@
 
 Boots one sealed VM with a gateway and two grants (a fake resolver: nothing leaves the
 machine), then times the self-test's one guest command ``--n`` times, next to a bare
-``true`` and a bare ``python3 -c pass`` on the same channel, so the probes' own cost can be
-told from the channel's and the interpreter's. Goal: under 1 s under TCG.
+``true`` on the same channel (so the probes' own cost can be told from the channel's) and a
+bare ``python3 -I -S -c pass`` (what starting an interpreter in the guest would add; the
+probes, run by the guest's bash, start none). Goal: under 1 s under TCG.
 """
 
 from __future__ import annotations

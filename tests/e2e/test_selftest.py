@@ -76,7 +76,7 @@ def test_a_session_with_a_gateway_starts_only_after_the_self_test_passed(started
     assert report.ok and report.positive, seen
     assert seen["interfaces"] == "lo"
     assert seen["granted-host"] == "200"
-    assert seen["raw-socket"].startswith("fail:") and seen["curl-noproxy"].startswith("fail:")
+    assert seen["raw-socket"].startswith("fail:") and seen["noproxy"].startswith("fail:")
     # The accepted CONNECT contacted nothing: not even a name lookup on the host.
     assert resolver.queries == []
     # The token never appeared in an event (commands are recorded with their argv).
@@ -97,6 +97,38 @@ def test_the_probes_fail_when_pointed_where_they_must_not_go(started) -> None:
         plan=aimed_at_granted,
     )  # fmt: skip
     assert [r.probe.name for r in report.failures()] == ["ungranted-host"]
+
+
+def test_the_noproxy_probe_sees_what_curl_noproxy_sees(started) -> None:
+    """The bypass probe (a name looked up and connected to from bash) against curl
+    --noproxy '*' on the same targets in the same guest: both fail where nothing is reachable
+    (a granted name, a host name, an unroutable address, the host's address) and both
+    connect where something is (the gateway's forwarded port, by address and by name)."""
+    sess, _, _ = started
+    port = 3128
+    targets = {
+        "docs.allowed.test:8443": False, "cowork-x.f.test:443": False, "192.0.2.1:443": False,
+        "10.0.2.2:22": False, f"127.0.0.1:{port}": True, f"localhost:{port}": True,
+    }  # fmt: skip
+    plan = [selftest.Probe(f"t{i}", "socket", t, "fail") for i, t in enumerate(targets)]
+    report = selftest.run_selftest(
+        sess.channel, token=sess.gateway.proxy_token, grants=GRANTS, proxy_port=port,
+        plan=lambda g, p: plan,
+    )  # fmt: skip
+    bash_saw = {r.probe.target: r.observed for r in report.results}
+    curl_saw = {}
+    for target in targets:
+        r = sess.channel.run(
+            f"curl --noproxy '*' -sS -o /dev/null --max-time 5 http://{target}/", timeout=30
+        )
+        curl_saw[target] = r.exited
+    print(f"\nbash: {bash_saw}\ncurl exit: {curl_saw}")
+    for target, reachable in targets.items():
+        assert (bash_saw[target] == "connected") is reachable, (target, bash_saw[target])
+        assert (curl_saw[target] == 0) is reachable, (target, curl_saw[target])
+        if not reachable:
+            assert bash_saw[target].startswith("fail:")
+            assert curl_saw[target] in (6, 7), (target, curl_saw[target])  # resolve / connect
 
 
 def test_one_misbehaving_probe_stops_the_session_and_leaves_nothing(

@@ -43,10 +43,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from mitmproxy import connection, http
-from mitmproxy.net import encoding
 from mitmproxy.proxy import server_hooks
 
-from cowork.host.egress import bodies
+from cowork.host.egress import bodies, decoding
 from cowork.host.egress.gate import (
     RequestFacts,
     decide_connect,
@@ -56,7 +55,7 @@ from cowork.host.egress.gate import (
     redact_path,
 )
 from cowork.host.egress.grants import Grant
-from cowork.host.egress.reflection import Needles, reflects
+from cowork.host.egress.reflection import MAX_EXPANDED, Needles, TooLargeToCheck, reflects
 from cowork.host.egress.taint import carries_data_out
 
 log = logging.getLogger(__name__)
@@ -105,6 +104,7 @@ class Limits:
     max_clients: int = 256  # authenticated connections
     flows_per_client: int = 16  # requests in flight on one connection
     max_unauthenticated_bytes: int = 64 * 1024  # read from a client before its token
+    max_decoded_bytes: int = 64 * 1024 * 1024  # a body with its Content-Encoding undone
 
 
 @dataclass
@@ -117,14 +117,16 @@ class _Client:
 
 
 def _decompressors() -> dict[str, Callable[[bytes], bytes]]:
+    """Brotli and zstd for looking inside nested compression, bounded like gzip and deflate
+    (which the reflection module brings): past :data:`MAX_EXPANDED` the body is refused."""
     out: dict[str, Callable[[bytes], bytes]] = {}
-    for kind in ("br", "zstd"):  # gzip and deflate: bounded, in the reflection module
+    for kind in ("br", "zstd"):
 
         def fn(data: bytes, kind: str = kind) -> bytes:
-            value = encoding.decode(data, kind)
-            if not isinstance(value, bytes):
-                raise ValueError("not bytes")
-            return value
+            try:
+                return decoding.decode_one(data, kind, MAX_EXPANDED)
+            except decoding.TooLarge:
+                raise TooLargeToCheck("compressed response expands too far to check") from None
 
         out[kind] = fn
     return out
@@ -159,6 +161,20 @@ def proxy_auth_ok(values: Sequence[str], token: str) -> bool:
     ok_user = hmac.compare_digest(user.encode(), PROXY_USER.encode())
     ok_pass = hmac.compare_digest(password.encode(), token.encode())
     return bool(sep) and ok_user and ok_pass
+
+
+_REFLECTED = "the response reflected the injected credential"
+_REQUEST_EXPANDS = "the request body expands beyond the gateway's body limit when decompressed"
+_RESPONSE_EXPANDS = "the response expands beyond the gateway's body limit when decompressed"
+
+
+def _decoded(msg: http.Message, limit: int) -> bytes | None:
+    """``msg``'s body with its Content-Encoding undone, bounded by ``limit``; raises
+    :class:`decoding.TooLarge` or :class:`decoding.Undecodable`."""
+    if msg.raw_content is None:
+        return None
+    coding = ", ".join(msg.headers.get_all("content-encoding"))
+    return decoding.decode_body(msg.raw_content, coding, limit)
 
 
 def _kill(flow: http.HTTPFlow) -> None:
@@ -435,9 +451,12 @@ class GateAddon:
         grants = await self._call(self._services.grants)
         body: bytes | None
         undecodable = False
-        try:
-            body = req.get_content(strict=True)  # Content-Encoding undone
-        except ValueError:
+        try:  # Content-Encoding undone, bounded (never mitmproxy's unbounded decoding)
+            body = _decoded(req, self._limits.max_decoded_bytes)
+        except decoding.TooLarge:
+            await self._deny(flow, 413, _REQUEST_EXPANDS, **desc)
+            return
+        except decoding.Undecodable:
             body, undecodable = None, True
         facts = RequestFacts(
             scheme=req.scheme,
@@ -574,23 +593,28 @@ class GateAddon:
         state = self._flows.get(flow.id)
         if state is None:
             return
-        why = ""
+        refused: str | None = None
         try:
-            needles, resp = state.needles, flow.response
-            if needles is not None and resp is not None and self._reflects(resp, needles):
-                why = "the response reflected the injected credential"
+            resp = flow.response
+            if (
+                state.needles is not None
+                and resp is not None
+                and self._reflects(resp, state.needles)
+            ):
+                refused = _REFLECTED
+        except decoding.TooLarge:
+            refused = _RESPONSE_EXPANDS
         except Exception:
             log.error("egress: could not check a response for the credential; refused")
-            why = "the response reflected the injected credential"
-        if not why and flow.response is not None:
+            refused = "the response could not be checked for the injected credential"
+        if not refused and flow.response is not None:
             try:  # outside content enters the session: recorded before the guest sees it
                 await self._call(self._services.delivered, state.host)
             except Exception:
                 log.error("egress: could not record a response as outside content; refused")
-                why = "the response could not be recorded as outside content"
-        refused = bool(why)
+                refused = "the response could not be recorded as outside content"
         if refused:
-            self._refuse(flow, 502, why)
+            self._refuse(flow, 502, refused)
         if not (state.websocket and flow.websocket is not None) or refused:
             self._flows.pop(flow.id, None)
         await self._emit(
@@ -602,15 +626,15 @@ class GateAddon:
             status=flow.response.status_code if flow.response else None,
             bytes_sent=len(flow.request.raw_content or b""),
             bytes_received=len(flow.response.raw_content or b"") if flow.response else 0,
-            **({"reason": why} if refused else {}),
+            **({"reason": refused} if refused else {}),
         )
 
-    @staticmethod
-    def _reflects(resp: http.Response, needles: Needles) -> bool:
-        """Whether any part of ``resp`` reflects the secret. Raises on undecodable bodies."""
+    def _reflects(self, resp: http.Response, needles: Needles) -> bool:
+        """Whether any part of ``resp`` reflects the secret. Raises on undecodable bodies and
+        :class:`decoding.TooLarge` on one that expands beyond the body limit."""
         parts = [resp.reason.encode("utf-8", "replace")]
         parts += [k + b": " + v for k, v in resp.headers.fields]
-        content = resp.get_content(strict=True)  # decoded; raises on unknown encodings
+        content = _decoded(resp, self._limits.max_decoded_bytes)
         if content:
             parts.append(content)
         if resp.trailers is not None:

@@ -160,7 +160,7 @@ class _ChildConfig:
     body_limit: str
     upstream_ca_file: str
     service_timeouts: dict[str, float]
-    limits: tuple[float, float, int, int, int]
+    limits: tuple[float, float, int, int, int, int]
 
     def __repr__(self) -> str:
         return f"_ChildConfig(listen_host={self.listen_host!r}, token=<hidden>)"
@@ -241,6 +241,7 @@ class Gateway:
                         settings.max_pending_connections,
                         settings.max_connections,
                         settings.requests_per_connection,
+                        int(settings.max_body_mib) * 1024 * 1024,
                     ),
                 ),
                 settings.start_timeout,
@@ -639,12 +640,19 @@ async def _serve(
         if io is not None and io.reader is not None:
             io.reader = _GuardedReader(io.reader, may_read)
 
-    auth_t, idle_t, pending, clients, flows = config.limits
+    auth_t, idle_t, pending, clients, flows, decoded = config.limits
     gate = GateAddon(
         services,
         token=config.token,
         websockets=config.websockets,
-        limits=Limits(auth_t, idle_t, int(pending), int(clients), int(flows)),
+        limits=Limits(
+            auth_t,
+            idle_t,
+            int(pending),
+            int(clients),
+            int(flows),
+            max_decoded_bytes=int(decoded),
+        ),
         close_client=close_client,
         last_activity=last_activity,
         guard_reads=guard_reads,

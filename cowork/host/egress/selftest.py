@@ -2,17 +2,25 @@
 
 Contract (what MUST hold):
 - It runs after the guest is up and the gateway's port is forwarded into it, before the
-  session is handed to anyone. All probes run in ONE guest command (a small standard-library
-  Python script; the probe plan, which holds the proxy token, goes on its stdin, never argv).
+  session is handed to anyone. All probes run at once in ONE guest command: a bash script run
+  by the shell that already runs the command, using bash's own ``/dev/tcp``, ``printf`` and
+  ``/sys/class/net``: no interpreter or other program starts. The probe plan, which holds
+  the proxy token, goes on its stdin, never argv, and the token is never exported to any
+  process's environment.
 - Probes that must fail: a host no grant covers, an IP literal, a loopback name and a
   loopback address, the proxy without its token and with a wrong token (on a granted host if
   there is one), a direct socket to an address outside the guest (and to the address a
-  virtual NIC's host would have), ``curl --noproxy '*'``, and any network interface other
-  than loopback. One probe must succeed when an HTTPS grant exists: a CONNECT to a granted
-  host, which the gateway accepts without contacting it (upstream connections are lazy);
-  the probe closes before sending a byte, so no internet host is ever contacted.
+  virtual NIC's host would have), a direct socket to a host name (``noproxy``: looked up in
+  the guest and connected to directly, the system calls ``curl --noproxy '*'`` makes; the
+  end-to-end tests show both see the same on reachable and unreachable targets), and any
+  network interface other than loopback. One probe must succeed when an HTTPS grant exists:
+  a CONNECT to a granted host, which the gateway accepts without contacting it (upstream
+  connections are lazy); the probe closes before sending a byte, so no internet host is ever
+  contacted.
 - The guest only reports what it saw; the host judges. Any surprise, error, timeout or
-  unreadable report raises :class:`SelfTestFailed` with a plain message (fail closed).
+  unreadable report raises :class:`SelfTestFailed` with a plain message (fail closed): a
+  report must name only planned probes, each once, and end with ``end``; a probe still
+  running after :data:`WATCHDOG_S` is killed and counts as unreported.
 - Known limit: a foreign credential inside a granted TLS tunnel is not probed here, since
   checking it would send a request to the real upstream host; the gateway's own tests cover
   it against a loopback upstream.
@@ -21,7 +29,7 @@ Contract (what MUST hold):
 from __future__ import annotations
 
 import base64
-import json
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -61,8 +69,8 @@ class Probe:
     ``kind`` is ``connect`` (a CONNECT through the proxy: ``target``, ``auth`` = ``token``,
     ``wrong`` or ``none``; ``expect`` is the status code), ``absolute`` (a plain-HTTP request
     in absolute form for ``target``; status code), ``socket`` (a direct TCP connection to
-    ``target``; expect ``fail``), ``noproxy`` (curl with --noproxy '*' to ``target``; expect
-    ``fail``) or ``nics`` (the guest's network interfaces; expect ``lo``).
+    ``target``, an address or a name looked up in the guest; expect ``fail``) or ``nics``
+    (the guest's network interfaces; expect ``lo``).
     """
 
     name: str
@@ -131,8 +139,9 @@ def build_plan(grants: Sequence[Grant], proxy_port: int) -> list[Probe]:
               what="a direct connection past the gateway fails"),
         Probe("raw-socket-host", "socket", f"{SLIRP_HOST_IP}:22", "fail",
               what="a direct connection to the host fails"),
-        Probe("curl-noproxy", "noproxy", f"https://{(granted or ungranted).split(':')[0]}/", "fail",
-              what="curl --noproxy '*' (bypassing the gateway) fails"),
+        Probe("noproxy", "socket", granted or ungranted, "fail",
+              what="a connection by name that bypasses the gateway (as curl --noproxy '*' "
+                   "makes) fails"),
     ]  # fmt: skip
     if granted is not None:
         probes.append(
@@ -142,61 +151,84 @@ def build_plan(grants: Sequence[Grant], proxy_port: int) -> list[Probe]:
     return probes
 
 
-#: Runs in the guest with its own python3 (standard library only). Reads the plan on stdin,
-#: prints one JSON object: probe name -> what was observed. Never judges.
+#: Runs in the guest with the bash that already runs the command: every probe with bash's own
+#: ``/dev/tcp`` and ``printf`` (no interpreter or other program to start), all at once.
+#: Reads the plan on stdin: one line ``PORT TOKEN WRONG`` (the two proxy credentials,
+#: Basic-encoded; never argv, never exported), then one line per probe ``NAME KIND TARGET
+#: AUTH``. Prints ``NAME<TAB>OBSERVED`` per probe, as each finishes, then ``end``. Never
+#: judges. A probe still running after WATCHDOG seconds is killed and so reports nothing
+#: (the host counts that as a failure).
 GUEST_SCRIPT = r"""
-import json, os, socket, subprocess, sys, threading
-plan = json.loads(sys.stdin.read())
-port, auth = plan["proxy_port"], plan["auth"]
-out = {}
-def status(sock):
-    data = b""
-    while b"\r\n" not in data and len(data) < 4096:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
-    parts = data.split(b" ", 2)
-    return parts[1].decode("ascii", "replace") if len(parts) > 1 else "no-answer"
-def through_proxy(p):
-    head = {"token": auth["token"], "wrong": auth["wrong"], "none": None}[p["auth"]]
-    extra = ("Proxy-Authorization: Basic " + head + "\r\n") if head else ""
-    if p["kind"] == "connect":
-        line = "CONNECT %s HTTP/1.1\r\nHost: %s\r\n" % (p["target"], p["target"])
-    else:
-        line = "GET http://%s/ HTTP/1.1\r\nHost: %s\r\n" % (p["target"], p["target"])
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall((line + extra + "Connection: close\r\n\r\n").encode())
-        return status(s)
-def one(p):
-    try:
-        k = p["kind"]
-        if k == "nics":
-            out[p["name"]] = ",".join(sorted(os.listdir("/sys/class/net")))
-        elif k in ("connect", "absolute"):
-            out[p["name"]] = through_proxy(p)
-        elif k == "socket":
-            host, _, prt = p["target"].rpartition(":")
-            try:
-                socket.create_connection((host, int(prt)), timeout=1.5).close()
-                out[p["name"]] = "connected"
-            except OSError as e:
-                out[p["name"]] = "fail:" + type(e).__name__
-        elif k == "noproxy":
-            r = subprocess.run(["curl", "--noproxy", "*", "-sS", "-o", "/dev/null",
-                                "--max-time", "3", p["target"]], capture_output=True)
-            out[p["name"]] = "fail:exit%d" % r.returncode if r.returncode else "succeeded"
-        else:
-            out[p["name"]] = "unknown-probe"
-    except Exception as e:
-        out[p["name"]] = "error:" + type(e).__name__
-threads = [threading.Thread(target=one, args=(p,)) for p in plan["probes"]]
-for t in threads:
-    t.start()
-for t in threads:
-    t.join(20)
-print(json.dumps(out))
+read -r port tok wrong || exit 3
+say() { printf '%s\t%s\n' "$1" "${2//[$'\t\n\r']/ }"; }
+proxy() {
+  local h=""
+  case $4 in token) h=$tok;; wrong) h=$wrong;; none) ;; *) say "$1" "error:auth $4"; return;; esac
+  [ -n "$h" ] && h="Proxy-Authorization: Basic $h"$'\r\n'
+  local line="CONNECT $3 HTTP/1.1"
+  [ "$2" = absolute ] && line="GET http://$3/ HTTP/1.1"
+  exec 3<>"/dev/tcp/127.0.0.1/$port" 2>/dev/null || { say "$1" error:no-proxy-listening; return; }
+  printf '%s\r\nHost: %s\r\n%sConnection: close\r\n\r\n' "$line" "$3" "$h" >&3
+  local v code rest
+  if IFS=' ' read -r -t READ_TIMEOUT v code rest <&3 && [ -n "$code" ]; then say "$1" "$code"
+  else say "$1" no-answer; fi
+}
+direct() {
+  local r
+  if r=$( { exec 3<>"/dev/tcp/${2%:*}/${2##*:}"; } 2>&1 ); then say "$1" connected
+  else r=${r%%$'\n'*}; say "$1" "fail:${r##*: }"; fi
+}
+nics() {
+  local n="" f
+  for f in /sys/class/net/*; do n+=${n:+,}${f##*/}; done
+  say "$1" "$n"
+}
+pids=()
+while read -r name kind target auth; do
+  case $kind in
+    connect|absolute) proxy "$name" "$kind" "$target" "$auth" & ;;
+    socket) direct "$name" "$target" & ;;
+    nics) nics "$name"; continue ;;
+    *) say "$name" unknown-probe; continue ;;
+  esac
+  pids+=($!)
+done
+( read -r -t WATCHDOG <> <(:); kill "${pids[@]}" ) >/dev/null 2>&1 &
+dog=$!
+wait "${pids[@]}"
+kill "$dog" 2>/dev/null
+printf 'end\n'
 """
+#: Seconds after which the guest script stops waiting for its probes.
+WATCHDOG_S = 8
+#: Seconds a proxy probe waits for the gateway's status line.
+_READ_TIMEOUT_S = 5
+_FIELD = re.compile(r"[A-Za-z0-9._:/\[\]*@%+=-]+")
+
+
+def _plan_text(port: int, token: str, wrong: str, probes: Sequence[Probe]) -> str:
+    lines = [f"{port} {token} {wrong}"]
+    for p in probes:
+        fields = (p.name, p.kind, p.target or "-", p.auth)
+        if not all(_FIELD.fullmatch(f) for f in fields):
+            raise ValueError(f"self-test probe {p.name!r} has a field the guest cannot read")
+        lines.append(" ".join(fields))
+    return "\n".join(lines) + "\n"
+
+
+def _parse(stdout: str, probes: Sequence[Probe]) -> dict[str, str]:
+    """The guest's report; empty (every probe unreported) unless it is complete and sane."""
+    names = {p.name for p in probes}
+    lines = stdout.split("\n")
+    if len(lines) < 2 or lines[-1] != "" or lines[-2] != "end":
+        return {}
+    seen: dict[str, str] = {}
+    for line in lines[:-2]:
+        name, tab, observed = line.partition("\t")
+        if not tab or name not in names or name in seen:
+            return {}
+        seen[name] = observed
+    return seen
 
 
 def _basic(user: str, password: str) -> str:
@@ -222,25 +254,19 @@ def run_selftest(
     surprise (see :func:`check`), only reports it."""
     probes = (plan or build_plan)(grants, proxy_port)
     wrong = secrets.token_urlsafe(32)
-    stdin = json.dumps(
-        {
-            "proxy_port": proxy_port,
-            "auth": {"token": _basic(PROXY_USER, token), "wrong": _basic(PROXY_USER, wrong)},
-            "probes": [p.to_json() for p in probes],
-        }
-    )
+    stdin = _plan_text(proxy_port, _basic(PROXY_USER, token), _basic(PROXY_USER, wrong), probes)
     start = time.monotonic()
-    # -I -S: no site packages, no user paths, a faster start under emulation.
-    result = channel.run(["python3", "-I", "-S", "-c", GUEST_SCRIPT], input=stdin, timeout=timeout)
+    script = GUEST_SCRIPT.replace("WATCHDOG", str(WATCHDOG_S)).replace(
+        "READ_TIMEOUT", str(_READ_TIMEOUT_S)
+    )
+    result = channel.run(script, input=stdin, timeout=timeout)
     seconds = time.monotonic() - start
     observed: Mapping[str, Any] = {}
     if getattr(result, "ok", False):
+        out = result.stdout
         try:
-            parsed = json.loads(
-                result.stdout.decode() if isinstance(result.stdout, bytes) else result.stdout
-            )
-            observed = parsed if isinstance(parsed, dict) else {}
-        except (ValueError, UnicodeDecodeError):
+            observed = _parse(out.decode() if isinstance(out, bytes) else str(out), probes)
+        except UnicodeDecodeError:
             observed = {}
     else:
         why = "timed out" if getattr(result, "timed_out", False) else "failed"

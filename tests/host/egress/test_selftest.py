@@ -3,18 +3,20 @@ guest's view is simulated by running the same script on the host), and the judgi
 
 from __future__ import annotations
 
+import socket
 import subprocess
-import sys
+import threading
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pytest
 
 from cowork.host.egress import selftest
 from cowork.host.egress.grants import Grant
 
-#: Probes that observe the machine itself (NICs, direct sockets, curl): meaningful only in
+#: Probes that observe the machine itself (NICs, direct sockets): meaningful only in
 #: the guest; tests/e2e/test_selftest.py runs them there.
-GUEST_ONLY = {"nics", "socket", "noproxy"}
+GUEST_ONLY = {"nics", "socket"}
 
 
 @dataclass
@@ -32,9 +34,9 @@ class HostRunner:
         self.argv: list[list[str]] = []
 
     def run(self, cmd, *, timeout=None, input=None):
-        argv = [sys.executable if cmd[0] == "python3" else cmd[0], *cmd[1:]]
-        assert "-c" in argv
-        self.argv.append(list(cmd))
+        assert isinstance(cmd, str)  # one script for the guest's bash, as the channel runs it
+        argv = ["bash", "-c", cmd]
+        self.argv.append(argv)
         self.inputs.append(input)
         p = subprocess.run(argv, input=input.encode(), capture_output=True, timeout=timeout)
         return Ran(p.returncode == 0, p.stdout)
@@ -95,7 +97,9 @@ def test_no_gateway_listening_fails_closed(env):
 
 @pytest.mark.parametrize(
     "ran",
-    [Ran(False, b""), Ran(True, b"not json"), Ran(True, b"[]"), Ran(True, b"{}"),
+    [Ran(False, b""), Ran(True, b"not a report"), Ran(True, b"end\n"), Ran(True, b""),
+     Ran(True, b"interfaces\tlo\n"), Ran(True, b"interfaces\tlo\ninterfaces\tlo\nend\n"),
+     Ran(True, b"intruder\tlo\nend\n"), Ran(True, b"\xff\xfe\nend\n"),
      Ran(False, b"", timed_out=True)],
 )  # fmt: skip
 def test_an_unreadable_or_failed_report_fails_closed(ran):
@@ -125,8 +129,10 @@ def test_the_plan_follows_the_grants():
     plan = {p.name: p for p in selftest.build_plan([plain, wild], 3128)}
     assert plan["granted-host"].target == "cowork-selftest.example.org:443"
     assert plan["wrong-token"].target == plan["granted-host"].target
+    # Bypassing the gateway by name is tried on the granted host itself.
+    assert (plan["noproxy"].kind, plan["noproxy"].target) == ("socket", plan["granted-host"].target)
     assert plan["ungranted-host"].target.endswith(".invalid:443")
-    assert {p.kind for p in plan.values()} >= {"nics", "socket", "noproxy", "connect", "absolute"}
+    assert {p.kind for p in plan.values()} >= {"nics", "socket", "connect", "absolute"}
 
 
 @pytest.mark.parametrize(
@@ -137,3 +143,68 @@ def test_the_plan_follows_the_grants():
 )  # fmt: skip
 def test_judging(expect, observed, ok):
     assert selftest.judge(selftest.Probe("x", "connect", "", expect), observed) is ok
+
+
+def test_a_probe_that_hangs_is_killed_and_counts_as_a_failure(monkeypatch):
+    """A proxy that accepts and never answers: the watchdog ends the probe, which then has
+    no report, and the host fails closed."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(silent.accept()[0]), daemon=True).start()
+    monkeypatch.setattr(selftest, "WATCHDOG_S", 1)
+    monkeypatch.setattr(selftest, "_READ_TIMEOUT_S", 30)
+    port = silent.getsockname()[1]
+    plan = [selftest.Probe("ungranted-host", "connect", "x.invalid:443", "403")]
+    try:
+        report = selftest.run_selftest(HostRunner(), token="t", grants=[], proxy_port=port,
+                                       plan=lambda g, p: plan)  # fmt: skip
+    finally:
+        silent.close()
+        for s in held:
+            s.close()
+    assert [(r.observed, r.ok) for r in report.results] == [("no-report", False)]
+    assert report.seconds < 10
+
+
+def test_the_token_is_in_no_process_argument_or_environment(env):
+    """While the probes run (held open by a silent proxy), no process's argv or environment
+    holds the proxy token: it exists only in the shell's memory, read from stdin."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    port = silent.getsockname()[1]
+    token = env.gateway.proxy_token
+    encoded = selftest._basic(selftest.PROXY_USER, token)
+    found: list[str] = []
+    done = threading.Event()
+
+    def scan() -> None:
+        conns = []
+        while not done.is_set():
+            try:
+                silent.settimeout(0.1)
+                conns.append(silent.accept()[0])
+            except OSError:
+                pass
+            for proc in Path("/proc").iterdir():
+                if not proc.name.isdigit():
+                    continue
+                for what in ("cmdline", "environ"):
+                    try:
+                        data = (proc / what).read_bytes()
+                    except OSError:
+                        continue
+                    if token.encode() in data or encoded.encode() in data:
+                        found.append(f"{proc.name}/{what}")
+        for c in conns:
+            c.close()
+
+    t = threading.Thread(target=scan, daemon=True)
+    t.start()
+    plan = [selftest.Probe("no-token", "connect", "x.invalid:443", "407", auth="token")]
+    try:
+        selftest.run_selftest(HostRunner(), token=token, grants=[], proxy_port=port,
+                              plan=lambda g, p: plan)  # fmt: skip
+    finally:
+        done.set()
+        t.join(5)
+        silent.close()
+    assert found == []
