@@ -5,17 +5,23 @@ Standard library only; runs inside the VM as root, started by the image's bootst
 :data:`~cowork.guest.contract.GUEST_LIB_DIR`.
 
 Order of work (each step logs to :data:`~cowork.guest.contract.GUEST_LOG` and the console):
-kernel modules, loopback up, hostname, the agent user, the 9p mounts (workspace first, then
-the read-only ``.claude`` folders on top), the per-session SSH host key and authorized key,
-the sshd configuration, extra CA certificates, the environment, ``/dev/virtio-ports``
-links, permissions, then the line ``COWORK-READY <session>`` on the console, then the channel
-relay in a forked child.
+kernel modules, loopback up, the per-session SSH host key, authorized key and sshd
+configuration (``sshd -t`` then runs in the background), hostname, the agent user, the 9p
+mounts (workspace first, then the read-only ``.claude`` folders on top), extra CA
+certificates, the environment, ``/dev/virtio-ports`` links, permissions, then the line
+``COWORK-READY <session>`` on the console, then the channel relay in a forked child.
 
 Contract:
 - Fail closed: if any step before readiness fails (a mount is missing, a key cannot be
   written), the guest prints ``COWORK-FAILED <reason>`` instead of the ready line, syncs
   and powers off. A guest that printed ``COWORK-READY`` has every mount of the seed in place
-  with the requested read-only flag.
+  with the requested read-only flag. The one check that runs beside readiness instead of
+  before it is ``sshd -t`` on the session's configuration: sshd refuses to serve a
+  configuration it cannot load anyway, and a failed check prints ``COWORK-FAILED`` and
+  powers off.
+- A template guest (warm start) does every session-independent step before it is saved
+  (modules, /dev, loopback, hidden processes, imports, the first programs' pages) and nothing
+  session-specific; a restored guest reseeds its random state before anything else.
 - The agent user has the seed's uid/gid, no password, no supplementary groups; any other
   account using that uid, gid or name is replaced.
 - Everything under ``/run/cowork`` except ``lib`` (and the public authorized_keys that sshd
@@ -57,6 +63,7 @@ AUTHORIZED_KEYS_PATH = "/run/cowork/ssh/authorized_keys"
 SSHD_CONFIG_PATH = "/run/cowork/ssh/sshd_config"
 SSHD_PRIVSEP_DIR = "/run/sshd"
 SSHD_ARGV = ["/usr/sbin/sshd", "-i", "-e", "-f", SSHD_CONFIG_PATH]
+SSHD_CHECK_ARGV = ["/usr/sbin/sshd", "-t", "-f", SSHD_CONFIG_PATH]
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 LOCAL_CA_DIR = "/usr/local/share/ca-certificates"
 VIRTIO_PORTS_DIR = "/dev/virtio-ports"
@@ -166,12 +173,31 @@ def mount_options(mount: Mount, msize: int = NINEP_MSIZE) -> str:
     return ",".join(opts)
 
 
-def mount_argv(mount: Mount) -> list[str]:
+@dataclass(frozen=True)
+class MountCall:
+    """The arguments of one mount(2) call."""
+
+    source: str
+    target: str
+    fstype: str
+    flags: int
+    data: str
+
+
+#: mount(2) flags (linux/mount.h).
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 0x1, 0x2, 0x4, 0x8, 0x20
+
+
+def mount_call(mount: Mount, msize: int = NINEP_MSIZE) -> MountCall:
+    """The mount(2) call for a 9p share: what ``mount -t 9p -o OPTIONS TAG TARGET`` does,
+    with ``ro`` as the MS_RDONLY flag (the host's ``readonly=on`` is the boundary)."""
     if not _TAG.match(mount.tag):
         raise InitError(f"mount tag {mount.tag!r} is not a valid 9p tag")
     if not mount.target.startswith("/") or ".." in mount.target.split("/"):
         raise InitError(f"mount target {mount.target!r} must be an absolute path without '..'")
-    return ["/bin/mount", "-t", "9p", "-o", mount_options(mount), mount.tag, mount.target]
+    data = ",".join(o for o in mount_options(mount, msize).split(",") if o != "ro")
+    flags = MS_RDONLY if mount.readonly else 0
+    return MountCall(mount.tag, mount.target, "9p", flags, data)
 
 
 @dataclass(frozen=True)
@@ -400,6 +426,24 @@ def _run(argv: list[str]) -> None:
         raise InitError(f"{' '.join(argv)} failed ({done.returncode}): {detail}")
 
 
+def _mount(call: MountCall) -> None:
+    """mount(2) directly: under software emulation each /bin/mount costs a process start."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mount.argtypes = (
+        ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p
+    )  # fmt: skip
+    done = libc.mount(
+        call.source.encode(), call.target.encode(), call.fstype.encode(), call.flags,
+        call.data.encode(),
+    )  # fmt: skip
+    if done != 0:
+        err = ctypes.get_errno()
+        raise InitError(
+            f"mount {call.fstype} {call.source} on {call.target} ({call.data}) failed: "
+            f"{os.strerror(err)}"
+        )
+
+
 def _write(path: str, text: str, mode: int, uid: int = 0, gid: int = 0) -> None:
     tmp = f"{path}.cowork-tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
@@ -412,13 +456,14 @@ def _write(path: str, text: str, mode: int, uid: int = 0, gid: int = 0) -> None:
     os.replace(tmp, path)
 
 
-def load_modules(log: Log) -> None:
+def load_modules(log: Log, extra: Sequence[str] = ()) -> None:
     """Load what the image's initrd has not loaded already (one modprobe for all)."""
+    names = [*MODULES, *extra]
     done = subprocess.run(
-        ["/sbin/modprobe", "-a", "-q", *MODULES], capture_output=True, text=True, check=False
+        ["/sbin/modprobe", "-a", "-q", *names], capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
-        log(f"modprobe {' '.join(MODULES)} failed ({done.stderr.strip()}); carrying on")
+        log(f"modprobe {' '.join(names)} failed ({done.stderr.strip()}); carrying on")
 
 
 def loopback_up() -> None:
@@ -500,12 +545,12 @@ def check_plain_path(target: str) -> None:
 
 def mount_shares(mounts: Sequence[Mount], log: Log) -> None:
     for mount in mounts:
-        argv = mount_argv(mount)
+        call = mount_call(mount)
         try:
             check_plain_path(os.path.dirname(mount.target))
             os.makedirs(mount.target, mode=0o755, exist_ok=True)
             check_plain_path(mount.target)
-            _run(argv)
+            _mount(call)
         except Exception as exc:
             raise RuntimeError(f"share {mount.tag} at {mount.target}: {exc}") from exc
         log(f"mounted {mount.tag} at {mount.target}{' read-only' if mount.readonly else ''}")
@@ -558,7 +603,7 @@ def mount_staged_workspace(seed: Seed, log: Log) -> None:
     os.makedirs(contract.WORKSPACE_MOUNT, mode=0o755, exist_ok=True)
     check_plain_path(contract.WORKSPACE_MOUNT)
     opts = overlay_options(changes.LOWER_DIR, changes.UPPER_DIR, changes.WORK_DIR)
-    _run(["/bin/mount", "-t", "overlay", "-o", opts, "cowork-staged", contract.WORKSPACE_MOUNT])
+    _mount(MountCall("cowork-staged", contract.WORKSPACE_MOUNT, "overlay", 0, opts))
     log(f"staged workspace: overlay on {contract.WORKSPACE_MOUNT} over {changes.LOWER_DIR}")
     mount_shares(others, log)
     entries = parse_proc_mounts(Path("/proc/mounts").read_text(encoding="utf-8"))
@@ -583,7 +628,9 @@ def start_changes_server(seed: Seed, log: Log) -> None:
     log(f"change set served on {changes.SOCKET_PATH}")
 
 
-def write_ssh_files(seed: Seed) -> None:
+def write_ssh_files(seed: Seed) -> subprocess.Popen[bytes]:
+    """Write the session's host key, authorized key and sshd configuration; start ``sshd -t``
+    on them in the background and return it (:func:`supervise` acts on its result)."""
     os.makedirs(SSH_DIR, mode=0o711, exist_ok=True)
     os.chown(SSH_DIR, 0, 0)
     # sshd reads authorized_keys as the agent (and checks it is root-owned, not writable by
@@ -604,7 +651,25 @@ def write_ssh_files(seed: Seed) -> None:
         proxy_port=contract.PROXY_PORT,
     )
     _write(SSHD_CONFIG_PATH, text, 0o600)
-    _run(["/usr/sbin/sshd", "-t", "-f", SSHD_CONFIG_PATH])
+    return subprocess.Popen(
+        SSHD_CHECK_ARGV, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+
+
+#: Started beside the setup: the programs the first command of a session runs (the channel's
+#: job script), so that their first, slow start is not on the way to the first command.
+SHELL_WARMUP_ARGV = ["/bin/bash", "-c", "/usr/bin/mkdir --version"]
+
+
+def start_shell_warmup() -> None:
+    """Start :data:`SHELL_WARMUP_ARGV` as root in the background (reaped by the supervisor);
+    it reads nothing of the session."""
+    with contextlib.suppress(OSError):
+        subprocess.Popen(
+            SHELL_WARMUP_ARGV, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
 
 
 def install_ca_certs(certs: Sequence[str]) -> None:
@@ -710,7 +775,8 @@ def warm_reseed(seed: Seed, log: Log, urandom: str = "/dev/urandom") -> None:
     the template until this has happened."""
     raw = decode_entropy(seed.entropy)
     if seed.vmgenid:
-        subprocess.run(["/sbin/modprobe", "-q", "vmgenid"], capture_output=True, check=False)
+        if not vmgenid_bound():  # a template loads the driver before it is saved
+            subprocess.run(["/sbin/modprobe", "-q", "vmgenid"], capture_output=True, check=False)
         if not vmgenid_bound():
             raise InitError("the VM has a generation ID device but the vmgenid driver is absent")
     fd = os.open(urandom, os.O_WRONLY | os.O_CLOEXEC)
@@ -747,13 +813,13 @@ def read_fresh_seed(device: str) -> Seed | None:
 def warm_template_wait(template: Seed, device: str, log: Log) -> Seed:
     """Stop before anything session-specific and wait for the session's seed.
 
-    Only session-independent work happens here (kernel modules). Nothing reads the kernel's
-    boot ID, makes a key or mounts a share before the host saves the guest: each clone then
-    makes its boot ID and keys after its own reseed. The host swaps the seed disk's file when
-    it restores a clone; this polls the disk past the page cache until a non-template seed
-    appears.
+    Only session-independent work happens here (:func:`prepare_template`). Nothing reads the
+    kernel's boot ID, makes a key or mounts a share before the host saves the guest: each
+    clone then makes its boot ID and keys after its own reseed. The host swaps the seed
+    disk's file when it restores a clone; this polls the disk past the page cache until a
+    non-template seed appears.
     """
-    load_modules(log)
+    prepare_template(log)
     log(f"template {template.session}: waiting for a session seed")
     console(f"{contract.TEMPLATE_MARKER} {template.session}")
     while True:
@@ -764,8 +830,64 @@ def warm_template_wait(template: Seed, device: str, log: Log) -> Seed:
         time.sleep(WARM_POLL_SECONDS)
 
 
-def setup(log: Log) -> tuple[Seed, str]:
-    """Every step before readiness. Raises InitError (or OSError) on any failure."""
+#: Guest modules the init imports only when a step needs them; a template imports them before
+#: it is saved (the guest code is never compiled to bytecode files, so each import compiles).
+LAZY_MODULES = (
+    "cowork.guest.sshd", "cowork.guest.relay", "cowork.guest.monitor", "cowork.guest.changes",
+)  # fmt: skip
+#: What every session runs first: the channel's sshd and the agent's shell. A template reads
+#: them and their libraries, so a restored guest finds them in memory instead of on disk.
+PRIMED_PROGRAMS = ("/usr/sbin/sshd", "/bin/bash", "/usr/bin/mkdir")
+PRIMED_FILES = ("/etc/ld.so.cache",)
+
+
+def ldd_paths(text: str) -> list[str]:
+    """Absolute library paths in ``ldd`` output (``name => /path (addr)`` or ``/path (addr)``)."""
+    out = []
+    for line in text.splitlines():
+        words = line.split()
+        if "=>" in words:
+            words = words[words.index("=>") + 1 :]
+        if words and words[0].startswith("/"):
+            out.append(words[0])
+    return out
+
+
+def prime_page_cache(log: Log) -> None:
+    """Read :data:`PRIMED_PROGRAMS`, their libraries and :data:`PRIMED_FILES` once."""
+    files = [*PRIMED_PROGRAMS, *PRIMED_FILES]
+    for program in PRIMED_PROGRAMS:
+        argv = ["/usr/bin/ldd", program]
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        files.extend(ldd_paths(done.stdout))
+    total = 0
+    for path in dict.fromkeys(files):
+        with contextlib.suppress(OSError), open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                total += len(chunk)
+    log(f"read {total // 1024} KiB of programs and libraries ahead")
+
+
+def prepare_template(log: Log) -> None:
+    """Everything before readiness that does not depend on the session, done once in the
+    template: kernel modules (with the generation ID driver), /dev, loopback, hiding other
+    users' processes, the init's own lazy imports and the first programs' pages."""
+    load_modules(log, extra=("vmgenid",))
+    prepare_dev()
+    loopback_up()
+    hide_processes()
+    import importlib
+
+    for name in LAZY_MODULES:
+        importlib.import_module(name)
+    prime_page_cache(log)
+
+
+def setup(log: Log) -> tuple[Seed, str, subprocess.Popen[bytes]]:
+    """Every step before readiness. Raises InitError (or OSError) on any failure.
+
+    Also returns the check of the sshd configuration, still running (see :func:`supervise`).
+    """
     device = os.environ.get(SEED_DEVICE_ENV) or find_seed_device()
     if not device:
         raise InitError(f"no disk with serial {contract.SEED_SERIAL}")
@@ -774,12 +896,17 @@ def setup(log: Log) -> tuple[Seed, str]:
         seed = warm_template_wait(seed, device, log)
         warm_reseed(seed, log)
         warm_set_clock(seed, log)
-    elif seed.entropy:
-        warm_reseed(seed, log)
+    else:
+        if seed.entropy:
+            warm_reseed(seed, log)
+        load_modules(log)
+        prepare_dev()
+        loopback_up()
     log(f"seed {device}: session {seed.session}, {len(seed.mounts)} shares")
-    load_modules(log)
-    prepare_dev()
-    loopback_up()
+    # First, so that the configuration check and the shell's first start run beside the
+    # steps below (each program's first start in a VM is slow under software emulation).
+    sshd_check = write_ssh_files(seed)
+    start_shell_warmup()
     set_hostname(seed.hostname)
     create_agent(seed)
     log(f"user {contract.AGENT_USER} uid {seed.agent_uid} gid {seed.agent_gid}")
@@ -787,7 +914,6 @@ def setup(log: Log) -> tuple[Seed, str]:
         mount_staged_workspace(seed, log)
     else:
         mount_shares(seed.mounts, log)
-    write_ssh_files(seed)
     install_ca_certs(seed.ca_certs)
     _write("/etc/environment", environment_file(dict(seed.env)), 0o644)
     links = link_virtio_ports(log)
@@ -796,7 +922,16 @@ def setup(log: Log) -> tuple[Seed, str]:
     lock_down(device)
     if seed.staged:
         start_changes_server(seed, log)
-    return seed, f"{VIRTIO_PORTS_DIR}/{seed.channel_port}"
+    return seed, f"{VIRTIO_PORTS_DIR}/{seed.channel_port}", sshd_check
+
+
+def hide_processes() -> None:
+    """Remount ``/proc`` with ``hidepid=2`` unless it already is."""
+    for entry in parse_proc_mounts(Path("/proc/mounts").read_text(encoding="utf-8")):
+        hidden = {"hidepid=2", "hidepid=invisible"} & set(entry.options)
+        if entry.target == "/proc" and entry.fstype == "proc" and hidden:
+            return
+    _run(["/bin/mount", "-o", "remount,hidepid=2", "/proc"])
 
 
 # --- activity monitor --------------------------------------------------------------------------
@@ -808,7 +943,7 @@ def start_activity_monitor(log: Log) -> int | None:
     writes to its own root-only virtio-serial port; without that port (a host that did not
     ask for it) nothing is started. Fails closed: an error here fails the boot.
     """
-    _run(["/bin/mount", "-o", "remount,hidepid=2", "/proc"])
+    hide_processes()
     port = f"{VIRTIO_PORTS_DIR}/{contract.MONITOR_PORT}"
     if not os.path.exists(port):
         log("no activity monitor port: monitor not started")
@@ -893,8 +1028,15 @@ def watch_power_button(log: Log) -> None:
     threading.Thread(target=loop, name="power-button", daemon=True).start()
 
 
-def supervise(port_path: str, log: Log) -> NoReturn:
-    """Reap every child forever; restart the relay when it exits; power off on TERM/INT."""
+def supervise(port_path: str, log: Log, sshd_check: subprocess.Popen[bytes]) -> NoReturn:
+    """Reap every child forever; restart the relay when it exits; power off on TERM/INT.
+
+    ``sshd_check`` (``sshd -t`` on the session's configuration) runs beside the relay's start
+    instead of before readiness: under software emulation it costs as much as the rest of a
+    restored guest's setup. sshd itself refuses to serve a configuration it cannot load, so
+    nothing is served with a bad one either way; when the check fails the guest reports it
+    (``COWORK-FAILED``) and powers off.
+    """
     watched = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}
     signal.signal(signal.SIGCHLD, lambda *_: None)  # SIG_DFL would discard it
     signal.pthread_sigmask(signal.SIG_BLOCK, watched)
@@ -913,6 +1055,8 @@ def supervise(port_path: str, log: Log) -> NoReturn:
                 break
             if pid == 0:
                 break
+            if pid == sshd_check.pid:
+                check_sshd(status, sshd_check, log)
             if pid == relay_pid:
                 log(f"relay exited ({os.waitstatus_to_exitcode(status)}); restarting")
                 relay_pid = -1
@@ -924,6 +1068,22 @@ def supervise(port_path: str, log: Log) -> NoReturn:
         ):
             relay_pid = start_relay(port_path, log)
             relay_died_at = None
+
+
+def check_sshd(status: int, check: subprocess.Popen[bytes], log: Log) -> None:
+    """Power off (fail closed, with the reason on the console) unless ``sshd -t`` passed."""
+    code = os.waitstatus_to_exitcode(status)
+    if code == 0:
+        log("sshd configuration checked")
+        return
+    detail = ""
+    if check.stderr is not None:
+        with contextlib.suppress(OSError, ValueError):
+            detail = check.stderr.read(4096).decode(errors="replace").strip()
+    reason = f"sshd -t refused the configuration ({code}): {detail}"
+    log(reason)
+    console(f"{FAILED_MARKER} {reason}")
+    shutdown(log)
 
 
 def shutdown(log: Log) -> NoReturn:
@@ -948,7 +1108,7 @@ def main() -> NoReturn:
     with contextlib.suppress(OSError):
         ctypes.CDLL(None, use_errno=True).reboot(LINUX_REBOOT_CMD_CAD_OFF)
     try:
-        seed, port_path = setup(log)
+        seed, port_path, sshd_check = setup(log)
     except Exception as exc:
         reason = f"{type(exc).__name__}: {exc}"
         log(f"setup failed: {reason}")
@@ -963,7 +1123,7 @@ def main() -> NoReturn:
     log(f"ready in {time.monotonic() - started:.2f} s after init start")
     console(f"{READY_MARKER} {seed.session}")
     try:
-        supervise(port_path, log)
+        supervise(port_path, log, sshd_check)
     except BaseException as exc:
         # PID 1 must never return: the kernel would panic and leave the VM hung.
         log(f"supervisor failed: {type(exc).__name__}: {exc}")

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from cowork.host.session import Session
 
 #: Bumped when the template layout or the guest's wait protocol changes.
-TEMPLATE_FORMAT = 2
+TEMPLATE_FORMAT = 3
 #: Every seed disk of a warm start has this size: the restored guest keeps the disk size it
 #: saw when the template was saved.
 WARM_SEED_BYTES = 4 * 1024 * 1024
@@ -65,6 +65,9 @@ MANIFEST_FILE = "template.json"
 #: A session's scratch copy of the template's state while it is being restored.
 RESTORE_WORK_FILE = "restore.save"
 SHARES_DIR = "shares"
+#: Kernel options of a template guest: memory the kernel frees (the unpacked initrd, boot-time
+#: buffers) is zeroed, and a saved state leaves zero pages out.
+TEMPLATE_CMDLINE = "init_on_free=1"
 #: How long a template guest may take to reach its waiting point.
 TEMPLATE_BOOT_TIMEOUT = 300.0
 #: How long a restored guest may take to become ready before we fall back to a cold boot.
@@ -300,7 +303,7 @@ def build_template(
                 monitor_socket=rdir / MONITOR_SOCKET_FILE,
                 console_log=console_log,
                 shares=tuple(shares),
-                cmdline=info.kernel_cmdline,
+                cmdline=f"{info.kernel_cmdline} {TEMPLATE_CMDLINE}",
                 cpus=key.cpus,
                 memory_mib=key.memory_mib,
                 accel=Accel(key.accel),

@@ -51,20 +51,19 @@ def test_virtio_port_links(tmp_path):
     assert init.virtio_port_links(str(tmp_path)) == {"org.cowork.channel.0": "vport1p1"}
 
 
-def test_mount_options_and_argv():
+def test_mount_options_and_call():
     rw = Mount(tag="cw-ws", target="/workspace", readonly=False)
     ro = Mount(tag="cw-claude", target="/home/agent/.claude", readonly=True)
     assert init.mount_options(rw) == "trans=virtio,version=9p2000.L,msize=512000"
     assert init.mount_options(ro) == "trans=virtio,version=9p2000.L,msize=512000,ro"
-    assert init.mount_argv(ro) == [
-        "/bin/mount",
-        "-t",
-        "9p",
-        "-o",
-        "trans=virtio,version=9p2000.L,msize=512000,ro",
-        "cw-claude",
-        "/home/agent/.claude",
-    ]
+    assert init.mount_call(rw) == init.MountCall(
+        "cw-ws", "/workspace", "9p", 0, "trans=virtio,version=9p2000.L,msize=512000"
+    )
+    # mount(8) turns "ro" into the read-only flag; the call does the same.
+    assert init.mount_call(ro) == init.MountCall(
+        "cw-claude", "/home/agent/.claude", "9p", init.MS_RDONLY,
+        "trans=virtio,version=9p2000.L,msize=512000",
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -75,9 +74,9 @@ def test_mount_options_and_argv():
         Mount(tag="cw-ws", target="/workspace/../etc", readonly=False),
     ],
 )
-def test_mount_argv_refuses_bad_values(mount):
+def test_mount_call_refuses_bad_values(mount):
     with pytest.raises(init.InitError):
-        init.mount_argv(mount)
+        init.mount_call(mount)
 
 
 PROC_MOUNTS = """/dev/root / ext4 rw,relatime 0 0
@@ -368,3 +367,45 @@ def test_the_guest_code_in_a_seed_is_exactly_the_package_and_nothing_else():
         "host_time",
         "staged",
     }, "a new seed field: make sure it cannot make the guest's init run something as root"
+
+
+def test_ldd_paths_keeps_absolute_library_paths():
+    text = (
+        "\tlinux-vdso.so.1 (0x00007ffd)\n"
+        "\tlibcrypto.so.3 => /lib/x86_64-linux-gnu/libcrypto.so.3 (0x00007f)\n"
+        "\tlibgone.so.1 => not found\n"
+        "\t/lib64/ld-linux-x86-64.so.2 (0x00007f)\n"
+    )
+    assert init.ldd_paths(text) == [
+        "/lib/x86_64-linux-gnu/libcrypto.so.3",
+        "/lib64/ld-linux-x86-64.so.2",
+    ]
+
+
+class _Check:
+    def __init__(self, stderr: bytes):
+        import io
+
+        self.stderr = io.BytesIO(stderr)
+
+
+def test_a_refused_sshd_configuration_powers_the_guest_off(monkeypatch):
+    said: list[str] = []
+    monkeypatch.setattr(init, "console", said.append)
+
+    def shutdown(_log):
+        raise SystemExit("powered off")
+
+    monkeypatch.setattr(init, "shutdown", shutdown)
+    failed = 255 << 8  # a wait status: exit code 255
+    with pytest.raises(SystemExit, match="powered off"):
+        init.check_sshd(failed, _Check(b"Bad configuration option: Nope"), lambda _m: None)  # type: ignore[arg-type]
+    assert said and said[-1].startswith("COWORK-FAILED sshd -t refused the configuration (255)")
+    assert "Nope" in said[-1]
+
+
+def test_a_passed_sshd_check_changes_nothing(monkeypatch):
+    monkeypatch.setattr(init, "shutdown", lambda _log: pytest.fail("must not power off"))
+    logged: list[str] = []
+    init.check_sshd(0, _Check(b""), logged.append)  # type: ignore[arg-type]
+    assert logged == ["sshd configuration checked"]

@@ -23,7 +23,7 @@ import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 from urllib.parse import urlsplit
 
 import libvirt
@@ -537,8 +537,31 @@ def copy_saved_image(src: Path, dst: Path, edit: Callable[[str], str]) -> str:
         with os.fdopen(fd, "wb") as out:
             out.write(new_head)
             out.flush()
-            shutil.copyfileobj(f, out, 8 * 1024 * 1024)
+            _copy_rest(f, out)
     return xml
+
+
+def _copy_rest(src: BinaryIO, dst: BinaryIO) -> None:
+    """Copy ``src`` from its offset to its end onto ``dst`` at the same offset, inside the
+    kernel (``copy_file_range``: shared extents where the file system can, e.g. XFS or
+    btrfs), falling back to a plain copy."""
+    offset = src.tell()
+    size = os.fstat(src.fileno()).st_size
+    try:
+        while offset < size:
+            n = os.copy_file_range(
+                src.fileno(), dst.fileno(), size - offset, offset_src=offset, offset_dst=offset
+            )
+            if n == 0:
+                break
+            offset += n
+        if offset >= size:
+            return
+    except OSError:
+        pass
+    src.seek(offset)
+    dst.seek(offset)
+    shutil.copyfileobj(src, dst, 8 * 1024 * 1024)
 
 
 def _qemu_pid(name: str, *, any_user: bool, proc: Path = Path("/proc")) -> int | None:
