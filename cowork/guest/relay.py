@@ -78,19 +78,29 @@ def sync_line(nonce: str) -> bytes:
     return SYNC_PREFIX + nonce.encode("ascii") + b"\n"
 
 
+class PortReplaced(Exception):
+    """The port the relay holds is gone or was re-created at its path: open it again."""
+
+
 def wait_for_sync(
     read: Callable[[int], bytes],
     sleep: Callable[[float], None] = time.sleep,
+    replaced: Callable[[], bool] = lambda: False,
 ) -> str:
     """Read through ``read`` until a SYNC line arrives; its nonce.
 
     ``read`` returning ``b""`` means no host is connected (virtio-serial reads end-of-file
-    then): wait a little and read again.
+    then): wait a little and read again - unless ``replaced()`` says the port was re-created
+    meanwhile. A hung-up port reads end-of-file for ever, so without that check a relay that
+    was not blocked in a read at the moment of the hang-up would wait on a dead port
+    (raises :class:`PortReplaced`).
     """
     scanner = SyncScanner()
     while True:
         data = read(4096)
         if not data:
+            if replaced():
+                raise PortReplaced
             sleep(IDLE_SLEEP)
             continue
         nonce = scanner.feed(data)
@@ -113,11 +123,24 @@ def _log(message: str) -> None:
         pass
 
 
+def _replaced(port_path: str, fd: int) -> bool:
+    """Whether ``port_path`` no longer names the device open as ``fd``."""
+    try:
+        now = os.stat(port_path)
+    except OSError:
+        return True
+    held = os.fstat(fd)
+    return (now.st_rdev, now.st_ino, now.st_dev) != (held.st_rdev, held.st_ino, held.st_dev)
+
+
 def serve_once(port_path: str, sshd_argv: Sequence[str]) -> int:
-    """One session: open the port, wait for SYNC, ACK it, run sshd on it; sshd's status."""
+    """One session: open the port, wait for SYNC, ACK it, run sshd on it; sshd's status.
+
+    Raises :class:`PortReplaced` when the port was re-created while waiting.
+    """
     fd = os.open(port_path, os.O_RDWR | os.O_NOCTTY)
     try:
-        nonce = wait_for_sync(lambda n: os.read(fd, n))
+        nonce = wait_for_sync(lambda n: os.read(fd, n), replaced=lambda: _replaced(port_path, fd))
         _write_all(fd, ack_line(nonce))
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child execs or exits
@@ -146,6 +169,8 @@ def serve_forever(port_path: str, sshd_argv: list[str]) -> NoReturn:
             code = serve_once(port_path, sshd_argv)
             if code not in (0, 255):
                 _log(f"sshd exited with status {code}")
+        except PortReplaced:
+            continue
         except Exception as exc:
             _log(f"session on {port_path} failed: {exc!r}")
             time.sleep(1.0)

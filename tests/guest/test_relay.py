@@ -99,6 +99,19 @@ def test_wait_for_sync_waits_while_no_host_is_connected() -> None:
     assert len(slept) == 3
 
 
+def test_wait_for_sync_gives_up_a_port_that_was_replaced() -> None:
+    reads = iter([b"", b"", b""])
+    checks: list[int] = []
+
+    def replaced() -> bool:
+        checks.append(1)
+        return len(checks) >= 2
+
+    with pytest.raises(relay.PortReplaced):
+        relay.wait_for_sync(lambda _n: next(reads), sleep=lambda _s: None, replaced=replaced)
+    assert len(checks) == 2
+
+
 def test_ack_line_shape() -> None:
     assert ack_line(NONCE) == b"ACK " + NONCE.encode() + b"\n"
 

@@ -341,6 +341,45 @@ def _abort_midway(ch: Channel) -> None:
     assert errors, "the aborted transfer should end with ChannelError"
 
 
+def _relay_holds_port(g: LocalGuest) -> bool:
+    port = os.path.realpath(g.shim.port_path)
+    fds = Path(f"/proc/{g._relay.pid}/fd")
+    try:
+        return any(os.path.realpath(fd) == port for fd in fds.iterdir())
+    except OSError:
+        return False
+
+
+def test_a_host_that_hangs_up_while_the_relay_is_not_reading_does_not_strand_it() -> None:
+    # A hung-up port reads end-of-file for ever. A relay that is not blocked in a read at
+    # the moment the host goes away (here: stopped, as a busy guest deschedules it) must
+    # notice that the port was re-created instead of waiting on the dead one.
+    g, cleanup = temporary_guest(hangup=True, proxy_port=PROXY_PORT)
+    try:
+        with connect(g) as ch:
+            assert ch.run("true").ok
+        deadline = time.monotonic() + 10
+        while not _relay_holds_port(g) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _relay_holds_port(g), "the relay never opened the port"
+        os.kill(g._relay.pid, signal.SIGSTOP)
+        try:
+            before = g.shim.connections
+            quiet = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            quiet.connect(str(g.socket_path))
+            while g.shim.connections == before and time.monotonic() < deadline:
+                time.sleep(0.01)
+            quiet.close()
+            while _relay_holds_port(g) and time.monotonic() < deadline:
+                time.sleep(0.01)  # the shim has hung up and re-created the port
+        finally:
+            os.kill(g._relay.pid, signal.SIGCONT)
+        with connect(g, timeout=20.0) as ch:
+            assert ch.run("echo back").stdout == "back\n"
+    finally:
+        cleanup()
+
+
 @pytest.mark.parametrize("hangup", [True, False], ids=["qemu-like", "port-persists"])
 def test_twenty_reconnects_in_a_row_some_after_aborted_transfers(hangup: bool) -> None:
     g, cleanup = temporary_guest(hangup=hangup, proxy_port=PROXY_PORT)
