@@ -10,13 +10,24 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 from cowork.host.events import EventBus, Recorder
 from cowork.paths import Paths
+from tests.host.egress.conftest import (
+    UPSTREAM_IP,
+    FakeResolver,
+    Upstream,
+    UpstreamPKI,
+    make_pki,
+    server_context,
+    test_address_check,
+)
 
 #: uid/gid that owns test workspaces when the tests run as root (the agent never runs as root).
 ROOT_RUN_WORKSPACE_OWNER = (4321, 4321)
@@ -108,3 +119,56 @@ def warm_cache(tmp_path_factory) -> Path:
 def make_warm_paths(root: Path, cache: Path) -> Paths:
     """Like :func:`make_paths`, with templates in the run's shared ``warm_cache``."""
     return replace(make_paths(root), cache=cache)
+
+
+U = TypeVar("U", bound=Upstream)
+
+
+def tls_upstream(root: Path, kind: type[U]) -> tuple[U, UpstreamPKI]:
+    """A real TLS upstream of class ``kind`` on host loopback with its own CA in ``root``."""
+    pki = make_pki(root)
+    return kind(UPSTREAM_IP, server_context(pki.cert_file, pki.key_file)), pki
+
+
+@contextmanager
+def gateway_session(
+    ws: Path,
+    paths: Paths,
+    claude: Path,
+    upstream: Upstream,
+    pki: UpstreamPKI,
+    *,
+    grants: list[Any],
+    secrets: Any,
+    resolver: FakeResolver,
+) -> Iterator[tuple[Any, EventBus, Recorder]]:
+    """A sealed VM for ``ws`` whose gateway reaches the test ``upstream`` through ``grants``
+    (names answered by ``resolver``, the upstream's CA trusted); yields the session, its bus
+    and a recorder. The session, the upstream and the runtime folder are closed afterwards."""
+    from cowork.host.session import EgressSettings, Session, VMSettings
+
+    bus = EventBus()
+    rec = Recorder()
+    bus.subscribe(rec)
+    egress = EgressSettings(
+        grants_provider=lambda: grants,
+        secrets=secrets,
+        resolver=resolver,
+        address_check=test_address_check,
+        upstream_ca_file=pki.ca_file,
+    )
+    try:
+        sess = Session.open(
+            ws,
+            paths=paths,
+            events=bus,
+            settings=VMSettings(claude_dir=claude, memory_mib=1024),
+            egress=egress,
+        )
+        try:
+            yield sess, bus, rec
+        finally:
+            sess.close()
+    finally:
+        upstream.close()
+        shutil.rmtree(paths.runtime, ignore_errors=True)

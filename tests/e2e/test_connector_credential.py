@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import ssl
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,17 +34,15 @@ from cowork.host.policy.effective import read_user
 from cowork.host.policy.load import Layer
 from cowork.host.policy.merge import merge
 from cowork.host.secrets import KeyringSecrets, secret_service_backend
-from cowork.host.session import EgressSettings, Session, VMSettings
+from cowork.host.session import Session
 from cowork.paths import Paths
-from tests.e2e.conftest import make_paths, make_workspace
+from tests.e2e.conftest import gateway_session, make_paths, make_workspace, tls_upstream
 from tests.e2e.test_egress_guest import GREP_TIMEOUT_S, _unliteral
 from tests.e2e.test_outside import ObedientModel, Person
 from tests.host.egress.conftest import (
     UPSTREAM_IP,
     FakeResolver,
     Upstream,
-    make_pki,
-    test_address_check,
 )
 
 pytestmark = pytest.mark.e2e
@@ -89,10 +86,7 @@ def env(image_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         store.set(CREDENTIAL_ID, SECRET)
     except Exception as exc:  # the runner gives every test a Secret Service
         pytest.fail(f"the Secret Service is not usable here: {type(exc).__name__}")
-    pki = make_pki(root)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(pki.cert_file, pki.key_file)
-    upstream = Upstream(UPSTREAM_IP, ctx)
+    upstream, pki = tls_upstream(root, Upstream)
     grants = [
         Grant(
             id="tracker",
@@ -124,31 +118,19 @@ def env(image_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     )
     policy = merge(Layer.empty("admin"), read_user(paths), workspace_root=ws)
     servers = configured_servers(policy, ws, trusted=False)
-    bus = EventBus()
-    rec = Recorder()
-    bus.subscribe(rec)
-    egress = EgressSettings(
-        grants_provider=lambda: grants,
-        secrets=store,
-        resolver=FakeResolver({API_HOST: [UPSTREAM_IP]}),
-        address_check=test_address_check,
-        upstream_ca_file=pki.ca_file,
-    )
     try:
-        sess = Session.open(
+        with gateway_session(
             ws,
-            paths=paths,
-            events=bus,
-            settings=VMSettings(claude_dir=claude, memory_mib=1024),
-            egress=egress,
-        )
-        try:
+            paths,
+            claude,
+            upstream,
+            pki,
+            grants=grants,
+            secrets=store,
+            resolver=FakeResolver({API_HOST: [UPSTREAM_IP]}),
+        ) as (sess, bus, rec):
             yield Env(sess, upstream, ws, root, paths, bus, rec, servers)
-        finally:
-            sess.close()
     finally:
-        upstream.close()
-        shutil.rmtree(paths.runtime, ignore_errors=True)
         store.delete(CREDENTIAL_ID)
 
 

@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import ssl
 import subprocess
 import sys
 import threading
@@ -33,12 +32,11 @@ from cowork.daemon.server import Daemon, _qemu_pid
 from cowork.host.session import open_session
 from cowork.host.vm.libvirt import LibvirtBackend
 from cowork.paths import Paths
-from tests.e2e.conftest import make_paths, make_workspace
+from tests.e2e.conftest import make_paths, make_workspace, tls_upstream
 from tests.host.egress.conftest import (
     UPSTREAM_IP,
     FakeResolver,
     Upstream,
-    make_pki,
     test_address_check,
 )
 
@@ -62,10 +60,7 @@ class World:
 @pytest.fixture(scope="module")
 def world(image_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("daemon-e2e")
-    pki = make_pki(root)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(pki.cert_file, pki.key_file)
-    upstream = Upstream(UPSTREAM_IP, ctx)
+    upstream, pki = tls_upstream(root, Upstream)
     paths = make_paths(root / "cowork")
     ws = make_workspace(root)
     (ws / "keep.txt").write_text("the person's file\n")

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,16 +22,14 @@ import pytest
 
 from cowork.host.egress.ca import ENGINE_CA_FILE
 from cowork.host.egress.grants import Grant
-from cowork.host.events import EventBus, Kind, Recorder
+from cowork.host.events import Kind, Recorder
 from cowork.host.secrets import KeyringSecrets, MemoryKeyring
-from cowork.host.session import EgressSettings, Session, VMSettings
-from tests.e2e.conftest import make_paths, make_workspace
+from cowork.host.session import Session
+from tests.e2e.conftest import gateway_session, make_paths, make_workspace, tls_upstream
 from tests.host.egress.conftest import (
     UPSTREAM_IP,
     FakeResolver,
     Upstream,
-    make_pki,
-    test_address_check,
 )
 
 pytestmark = pytest.mark.e2e
@@ -89,10 +85,7 @@ def _grants(port: int) -> list[Grant]:
 @pytest.fixture(scope="module")
 def guest(image_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
     root = tmp_path_factory.mktemp("egress-guest")
-    pki = make_pki(root)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(pki.cert_file, pki.key_file)
-    upstream = Upstream(UPSTREAM_IP, server_ctx)
+    upstream, pki = tls_upstream(root, Upstream)
     resolver = FakeResolver({"echo.allowed.test": [UPSTREAM_IP], "api.allowed.test": [UPSTREAM_IP]})
     store = KeyringSecrets(backend=MemoryKeyring())
     store.set(CREDENTIAL_ID, SECRET)
@@ -103,38 +96,17 @@ def guest(image_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     (ws / "canary.txt").write_text(CANARY + "\n")
     claude = root / "user-claude"
     claude.mkdir()
-    bus = EventBus()
-    rec = Recorder()
-    bus.subscribe(rec)
-    egress = EgressSettings(
-        grants_provider=lambda: grants,
-        secrets=store,
-        resolver=resolver,
-        address_check=test_address_check,
-        upstream_ca_file=pki.ca_file,
-    )
-    try:
-        sess = Session.open(
-            ws,
-            paths=paths,
-            events=bus,
-            settings=VMSettings(claude_dir=claude, memory_mib=1024),
-            egress=egress,
-        )
-        try:
-            # The gateway's CA key, read on the host while the gateway runs.
-            keys = [
-                p.read_bytes()
-                for p in sess.dir.glob(f"cowork-egress-*/ca/{ENGINE_CA_FILE}")
-                if b"PRIVATE KEY" in p.read_bytes()
-            ]
-            assert len(keys) == 1, f"expected one gateway CA key under {sess.dir}"
-            yield Guest(sess, upstream, resolver, rec, ws, keys[0])
-        finally:
-            sess.close()
-    finally:
-        upstream.close()
-        shutil.rmtree(paths.runtime, ignore_errors=True)
+    with gateway_session(
+        ws, paths, claude, upstream, pki, grants=grants, secrets=store, resolver=resolver
+    ) as (sess, _bus, rec):
+        # The gateway's CA key, read on the host while the gateway runs.
+        keys = [
+            p.read_bytes()
+            for p in sess.dir.glob(f"cowork-egress-*/ca/{ENGINE_CA_FILE}")
+            if b"PRIVATE KEY" in p.read_bytes()
+        ]
+        assert len(keys) == 1, f"expected one gateway CA key under {sess.dir}"
+        yield Guest(sess, upstream, resolver, rec, ws, keys[0])
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import socket
-import ssl
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,15 +29,19 @@ from cowork.host.egress.gate import explain_url
 from cowork.host.egress.grants import Grant
 from cowork.host.egress.taint import OutboundHold
 from cowork.host.events import EventBus, Kind, Recorder
-from cowork.host.session import EgressSettings, Session, VMSettings
-from tests.e2e.conftest import expected_owner, make_paths, make_workspace
+from cowork.host.session import Session
+from tests.e2e.conftest import (
+    expected_owner,
+    gateway_session,
+    make_paths,
+    make_workspace,
+    tls_upstream,
+)
 from tests.e2e.test_agent import NoSecrets
 from tests.host.egress.conftest import (
     UPSTREAM_IP,
     FakeResolver,
     Upstream,
-    make_pki,
-    test_address_check,
 )
 
 pytestmark = pytest.mark.e2e
@@ -110,10 +113,7 @@ def _grants(port: int) -> list[Grant]:
 @pytest.fixture(scope="module")
 def env(image_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     root = tmp_path_factory.mktemp("outside")
-    pki = make_pki(root)
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(pki.cert_file, pki.key_file)
-    upstream = PageUpstream(UPSTREAM_IP, ctx)
+    upstream, pki = tls_upstream(root, PageUpstream)
     grants = _grants(upstream.port)
     resolver = FakeResolver({PAGE_HOST: [UPSTREAM_IP], SINK_HOST: [UPSTREAM_IP]})
     paths = make_paths(root / "cowork")
@@ -134,31 +134,10 @@ def env(image_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             ws / "tools",
         ):
             os.chown(path, *expected_owner())
-    bus = EventBus()
-    rec = Recorder()
-    bus.subscribe(rec)
-    egress = EgressSettings(
-        grants_provider=lambda: grants,
-        secrets=NoSecrets(),
-        resolver=resolver,
-        address_check=test_address_check,
-        upstream_ca_file=pki.ca_file,
-    )
-    try:
-        sess = Session.open(
-            ws,
-            paths=paths,
-            events=bus,
-            settings=VMSettings(claude_dir=claude, memory_mib=1024),
-            egress=egress,
-        )
-        try:
-            yield Env(sess, upstream, ws, bus, rec)
-        finally:
-            sess.close()
-    finally:
-        upstream.close()
-        shutil.rmtree(paths.runtime, ignore_errors=True)
+    with gateway_session(
+        ws, paths, claude, upstream, pki, grants=grants, secrets=NoSecrets(), resolver=resolver
+    ) as (sess, bus, rec):
+        yield Env(sess, upstream, ws, bus, rec)
 
 
 @pytest.fixture

@@ -113,6 +113,13 @@ def make_pki(directory: Path) -> UpstreamPKI:
     return pki
 
 
+def server_context(cert_file: Path, key_file: Path) -> ssl.SSLContext:
+    """The TLS server side of a test upstream, presenting ``cert_file``."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
 # --- upstream server --------------------------------------------------------------------------
 @dataclass
 class Seen:
@@ -437,15 +444,11 @@ def default_grants(port: int, plain_port: int) -> list[Grant]:
 def egress_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     tmp = tmp_path_factory.mktemp("egress")
     pki = make_pki(tmp)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(pki.cert_file, pki.key_file)
-    upstream = Upstream(UPSTREAM_IP, server_ctx)
+    upstream = Upstream(UPSTREAM_IP, server_context(pki.cert_file, pki.key_file))
     # A service on host loopback at 127.0.0.1 with the same port as the granted upstream:
     # reached only if the gateway connected to a loopback answer.
-    loop_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    loop_ctx.load_cert_chain(pki.cert_file, pki.key_file)
     try:
-        loopback_upstream = Upstream("127.0.0.1", loop_ctx)
+        loopback_upstream = Upstream("127.0.0.1", server_context(pki.cert_file, pki.key_file))
     except OSError:
         pytest.skip("cannot listen on 127.0.0.1")
     plain = Upstream(PLAIN_IP, None)

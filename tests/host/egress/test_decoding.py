@@ -27,7 +27,7 @@ from cowork.host.egress import decoding
 from cowork.host.egress.grants import Grant
 from cowork.host.events import Kind
 
-from .conftest import SECRET, UPSTREAM_IP, Env, Upstream
+from .conftest import SECRET, UPSTREAM_IP, Env, Upstream, server_context
 
 MIB = 1024 * 1024
 LIMIT = MIB  # the test gateway's max_body_mib
@@ -149,9 +149,7 @@ class BombUpstream(Upstream):
 @pytest.fixture(scope="module")
 def bombs(egress_env: Env) -> Iterator[BombUpstream]:
     pki_dir = egress_env.gateway_ca.parent
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(pki_dir / "cert.pem", pki_dir / "key.pem")
-    up = BombUpstream(UPSTREAM_IP, ctx)
+    up = BombUpstream(UPSTREAM_IP, server_context(pki_dir / "cert.pem", pki_dir / "key.pem"))
     grant = Grant(
         id="bombs", host="echo.allowed.test", port=up.port, methods=("GET", "POST"),
         paths=("/b/**",), credential="anthropic",

@@ -27,6 +27,7 @@ from .conftest import (
     Upstream,
     connect_tunnel,
     read_response,
+    server_context,
     tls_wrap,
 )
 
@@ -35,9 +36,7 @@ from .conftest import (
 def open_upstream(egress_env: Env) -> Iterator[Upstream]:
     """A second upstream behind a grant with no credential (the shared one has none such)."""
     pki_dir = egress_env.gateway_ca.parent
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(pki_dir / "cert.pem", pki_dir / "key.pem")
-    up = Upstream(UPSTREAM_IP, ctx)
+    up = Upstream(UPSTREAM_IP, server_context(pki_dir / "cert.pem", pki_dir / "key.pem"))
     grant = Grant(id="open", host="echo.allowed.test", port=up.port, methods=("POST",),
                   paths=("/upload",))  # fmt: skip
     egress_env.grants.append(grant)
