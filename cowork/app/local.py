@@ -252,8 +252,8 @@ class LocalParts:
         store = self._store() if folder is not None else None
         policy = load_effective(self.paths, folder, store)
         rows = tuple(
-            PolicyRow(k, json.dumps(_plain(v)), str(layer), bool(locked))
-            for k, v, layer, locked in policy.rows()
+            PolicyRow(k, json.dumps(v), str(layer), bool(locked))
+            for k, v, layer, locked in policy.plain_rows()
         )
         return EffectivePolicy(rows, tuple(policy.notes), tuple(policy.problems))
 
@@ -284,18 +284,6 @@ class LocalParts:
             tmp.unlink()
             raise ConfigError(f"{key} = {value} was not saved", problems)
         tmp.replace(path)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json", exclude_defaults=True)
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def _libvirt_problem() -> str | None:

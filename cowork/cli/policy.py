@@ -17,26 +17,14 @@ def _paths() -> Paths:
     return default_paths()
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json", exclude_defaults=True)
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def _show(args: argparse.Namespace) -> int:
     paths = _paths()
     workspace = Path(args.workspace).resolve() if args.workspace else None
     trust = TrustStore(paths.trust_store) if workspace is not None else None
     policy = load_effective(paths, workspace, trust)
     rows = [
-        {"key": k, "value": _plain(v), "layer": layer, "locked": locked}
-        for k, v, layer, locked in policy.rows()
+        {"key": k, "value": v, "layer": layer, "locked": locked}
+        for k, v, layer, locked in policy.plain_rows()
     ]
     if args.json:
         out = {"values": rows, "notes": list(policy.notes), "problems": list(policy.problems)}

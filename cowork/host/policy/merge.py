@@ -181,8 +181,25 @@ class Policy:
         """``(key, value, layer, locked)`` for every key, in schema order."""
         return [(k, self.value(k), self.origins[k].layer, self.origins[k].locked) for k in ALL_KEYS]
 
+    def plain_rows(self) -> list[tuple[str, Any, OriginLayer, bool]]:
+        """Like :meth:`rows`, with each value as plain JSON data (lists, dicts, strings)."""
+        return [(k, plain(v), layer, locked) for k, v, layer, locked in self.rows()]
+
 
 # --- helpers ------------------------------------------------------------------------------
+
+
+def plain(value: Any) -> Any:
+    """A policy value as plain JSON data: tuples become lists, grants and paths text."""
+    if isinstance(value, tuple | list):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json", exclude_defaults=True)
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 def _narrower_or_equal(key: str, new: Any, current: Any) -> bool:
