@@ -1308,6 +1308,10 @@ def _writes_named(text: str, names: re.Pattern[str]) -> bool:
 _SED_TAIL = re.compile(r"/[gimpIMe0-9]{1,3}")
 
 
+#: A slash followed by what no file name starts with: program text, not a path.
+_NOT_A_NAME = re.compile(r"/[,;:)}\]!#^|]")
+
+
 def _outside_paths(norm: str) -> list[str]:
     found: list[str] = []
     has_cd = re.search(r"(^|[\s;&|(])cd\s", norm) is not None
@@ -1320,6 +1324,8 @@ def _outside_paths(norm: str) -> list[str]:
         if word.startswith("/"):
             if "^" in word or "$/" in word or "\\" in word or _SED_TAIL.fullmatch(word):
                 continue  # a sed or awk address such as /^$/d, not a path
+            if (word == "/" and norm[m.start() - 1 : m.start()] == "(") or _NOT_A_NAME.match(word):
+                continue  # gsub(/ /,"") or /,/: a regular expression in program text
             path = posixpath.normpath(word)
             if not any(path == p or path.startswith(p + "/") for p in _ALLOWED_ABS):
                 found.append(word)
@@ -1445,6 +1451,8 @@ def _file_args(words: list[str]) -> list[str]:
     return out
 
 
+#: ``sed -i.bak``, ``perl -pi~``, ``--in-place=.orig``: every file rewritten keeps a copy.
+_BACKUP_SUFFIX = re.compile(r"(^|\s)(-[a-zA-Z]*i[.~_]\S*|--in-place=\S+)(\s|$)")
 _MOVERS = frozenset({"mv", "cp", "gmv", "gcp"})
 
 
@@ -1559,7 +1567,8 @@ def _bulk_overwrite(norm: str) -> Assessment | None:
                     w for i, w in enumerate(words[1:], 1) if w != flag and words[i - 1] != flag
                 ]
                 onto_itself = onto_itself or out in others
-        if (_IN_PLACE.search(" " + segment) or onto_itself) and many:
+        in_place = _IN_PLACE.search(" " + segment) and not _BACKUP_SUFFIX.search(segment)
+        if (in_place or onto_itself) and many:
             return Assessment(
                 Risk.RISKY,
                 "It would rewrite many of your files in place, and the originals would be gone.",

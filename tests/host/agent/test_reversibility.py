@@ -638,3 +638,21 @@ def test_the_whole_folder_archived_and_sent_out_is_refused_even_to_granted_hosts
 )  # fmt: skip
 def test_an_archive_kept_here_or_of_one_folder_is_not_the_whole_folder_sent(command, verdict):
     assert decide("bash", {"command": command}, staged=True).verdict is verdict
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["sed -i.bak 's/colour/color/g' docs/*.md", "perl -pi.orig -e 's/\\r$//' data/*.csv",
+     "sed --in-place=.old 's/a/b/' notes/*.txt", "sed -i~ 's/x/y/' *.srt"],
+)  # fmt: skip
+def test_rewriting_many_files_that_each_keep_a_backup_runs_when_not_staged(command):
+    assert decide("bash", {"command": command}, staged=False).verdict is Verdict.RUN
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["for f in scans/*.pdf; do pdfinfo \"$f\" | awk -F: '/^Pages/{gsub(/ /,\"\",$2); print $2}'; "
+     "done", "awk '{gsub(/,/,\";\"); print}' data.csv", "awk -F, '{sub(/ +$/, \"\")} 1' a.csv"],
+)  # fmt: skip
+def test_a_regular_expression_in_awk_is_not_a_path_outside_the_folder(command):
+    assert decide("bash", {"command": command}, staged=False).verdict is Verdict.RUN
