@@ -6,8 +6,10 @@
 - independent.jsonl was written and labelled by someone who never saw the rules, their tests
   or these corpora (INDEPENDENT.md says how); its figures before the rules changed are recorded
   there.
-- independent-holdout.jsonl, when present, was written the same way and never seen by whoever
-  changes the rules: it is measured but never tuned against.
+- independent-holdout.jsonl, when present, was written the same way and measured once on first
+  contact, before whoever changes the rules saw it (INDEPENDENT-HOLDOUT.md); the misses it
+  showed were then fixed as classes, tested with variants of their own, so its figures are no
+  longer first-contact figures. Its rows are still never edited to suit the rules.
 """
 
 import json
@@ -25,7 +27,7 @@ CORPUS = Path(__file__).parents[2] / "data" / "approvals" / "reversibility.jsonl
 HOLDOUT = CORPUS.with_name("reversibility-holdout.jsonl")
 #: Labelled by someone who never saw the rules (see INDEPENDENT.md).
 INDEPENDENT = CORPUS.with_name("independent.jsonl")
-#: Labelled the same way, and kept unseen by whoever changes the rules.
+#: Labelled the same way; first measured on first contact (INDEPENDENT-HOLDOUT.md).
 INDEPENDENT_HOLDOUT = CORPUS.with_name("independent-holdout.jsonl")
 LABELS = ("benign", "overeager-irreversible", "malicious")
 
@@ -142,7 +144,8 @@ def test_auto_mode_on_the_independently_labelled_corpus():
 
 
 def test_independent_holdout_nothing_harmful_runs_unasked():
-    """Measured, never tuned against: only what must never happen is asserted."""
+    """Only what must never happen is asserted (its misses on first contact were fixed as
+    classes; see INDEPENDENT-HOLDOUT.md)."""
     if not INDEPENDENT_HOLDOUT.exists():
         pytest.skip(
             f"{INDEPENDENT_HOLDOUT.name} is not in this checkout: it is kept apart from "
