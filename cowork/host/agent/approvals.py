@@ -607,10 +607,18 @@ _WHOLE_FOLDER = frozenset(
 _ARCHIVERS = frozenset({"zip", "tar", "gtar", "bsdtar", "7z", "7za", "7zz", "rar"})
 
 
-def _archive_of_folder(words: list[str]) -> str | None:
+#: Lists every file of the folder (``find .``, ``git ls-files``), for an archiver to read.
+_LISTS_FOLDER = re.compile(
+    r"^\s*(find\s+(\.|\./|/workspace/?)(\s|$)|git\s+ls-files\b|ls\s+-\w*R|rg\s+--files\b|"
+    r"fd(find)?(\s|$))"
+)
+
+
+def _archive_of_folder(words: list[str], *, fed_folder: bool = False) -> str | None:
     """Where an archive of the whole folder goes (``-`` for standard output), if ``words``
     make one: ``zip -r x.zip .``, ``tar czf - .``, ``7z a x.7z *``, ``git archive``,
-    ``git bundle create x --all``."""
+    ``git bundle create x --all``, or an archiver reading the names of every file
+    (``find . | zip -@ x.zip``) when ``fed_folder``."""
     core = _command_words(words)
     if core[:2] == ["git", "archive"]:
         for i, w in enumerate(core):
@@ -638,6 +646,8 @@ def _archive_of_folder(words: list[str]) -> str | None:
         if not rest:
             return None
         out, operands = rest[0], rest[1:]
+        if fed_folder and "-@" in args:
+            operands.append(".")
     else:  # tar: old-style letters (czf), short clusters (-czf) or long options
         create, folder = False, "."
         it = iter(enumerate(args))
@@ -649,15 +659,24 @@ def _archive_of_folder(words: list[str]) -> str | None:
                     out = w.split("=", 1)[1]
                 elif w.startswith("--directory="):
                     folder = w.split("=", 1)[1]
-                elif w in ("--file", "--directory"):
+                elif w.startswith("--files-from="):
+                    operands.append("." if fed_folder and w.endswith(("=-", "=/dev/stdin")) else "")
+                elif w in ("--file", "--directory", "--files-from"):
                     value = next(it, (0, ""))[1]
-                    out, folder = (value, folder) if w == "--file" else (out, value)
+                    if w == "--files-from":
+                        operands.append("." if fed_folder and value in ("-", "/dev/stdin") else "")
+                    else:
+                        out, folder = (value, folder) if w == "--file" else (out, value)
             elif (w.startswith("-") or i == 0) and re.fullmatch(r"[A-Za-z]+", letters):
                 create = create or "c" in letters
                 for letter in letters:
-                    if letter in "fC":
+                    if letter in "fCT":
                         value = next(it, (0, ""))[1]
-                        out, folder = (value, folder) if letter == "f" else (out, value)
+                        if letter == "T":
+                            fed = fed_folder and value in ("-", "/dev/stdin")
+                            operands.append("." if fed else "")
+                        else:
+                            out, folder = (value, folder) if letter == "f" else (out, value)
             else:
                 operands.append(w)
         if not create or posixpath.normpath(folder) not in (".", "/workspace"):
@@ -684,7 +703,8 @@ def _folder_sent(norm: str) -> bool:
     parts = re.split(r"(\|\||&&|\|&?|;|&|\n)", norm)
     segments, ops = parts[0::2], [*parts[1::2], ""]
     for i, segment in enumerate(segments):
-        out = _archive_of_folder(segment.split())
+        fed = i > 0 and ops[i - 1] in ("|", "|&") and bool(_LISTS_FOLDER.match(segments[i - 1]))
+        out = _archive_of_folder(segment.split(), fed_folder=fed)
         if out is None:
             continue
         if out == "-":
