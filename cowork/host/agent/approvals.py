@@ -356,10 +356,11 @@ _HOST_EXEC = Assessment(
 )
 #: git's own options before its subcommand (``git -C dir``, ``-c k=v``, ``--git-dir=…``,
 #: ``--no-pager``): they do not change what the subcommand does to the server.
+_GIT_VALUE = r"""(?:"[^"]*"|'[^']*'|[^\s;&|'"])+"""
 _GIT_GLOBAL_OPTS = re.compile(
-    r"\bgit((?:\s+(?:-[cC]\s*[^\s;&|]+|--(?:git-dir|work-tree|namespace|exec-path|"
-    r"config-env|super-prefix|attr-source)(?:=|\s+)[^\s;&|]+|-[pP](?=\s)|"
-    r"--[a-z][\w-]*(?:=[^\s;&|]+)?))+)(?=\s)"
+    r"\bgit((?:\s+(?:-[cC]\s*" + _GIT_VALUE + r"|--(?:git-dir|work-tree|namespace|exec-path|"
+    r"config-env|super-prefix|attr-source)(?:=|\s+)" + _GIT_VALUE + r"|-[pP](?=\s)|"
+    r"--[a-z][\w-]*(?:=" + _GIT_VALUE + r")?))+)(?=\s)"
 )
 #: Other ways git sends commits or objects to a server: each is a push, whatever it is called.
 _GIT_PUSH_LIKE = re.compile(
@@ -960,7 +961,8 @@ class RuleAssessor:
                 "should do that, outside cowork.",
                 "account-access",
             )
-        gnorm = _canonical_git(norm)
+        # Quoted option values (``-c "user.name=A B"``) are read before the quotes go.
+        gnorm = _canonical_git(_normalise(_canonical_git(command)))
         if _PUSH_TO_TYPED.search(gnorm):
             return Assessment(
                 Risk.FORBIDDEN,
@@ -1145,7 +1147,8 @@ def _ci_assess(text: str, *, jenkins: bool = False) -> Assessment | None:
     else:
         lines = _ci_commands(text)
     names = sorted({m.group(1) for m in _CI_SECRET_ENV.finditer(text)})
-    carries = re.compile(r"\$\{?(" + "|".join(names) + r")\b") if names else None
+    # The variable by name: $NAME, ${{ env.NAME }}, os.environ["NAME"], process.env.NAME.
+    carries = re.compile(r"\b(" + "|".join(names) + r")\b") if names else None
     secret_lines = [ln for ln in lines if _CI_SECRET.search(ln) or (carries and carries.search(ln))]
     for line in secret_lines:
         net = _NET_TOOL.search(line) or _URL.search(line) or _RAW_NET.search(line)
