@@ -12,8 +12,14 @@ approval mode turns the risk into a verdict (:class:`Approvals`):
 Forbidden: reaching credentials, file tools outside /workspace, workspace configuration,
 network requests the egress policy would deny (asking cannot make them work), and what only an
 attacker needs whatever host it goes to: the environment or the folder's files sent to a paste
-service, access to an account given to a person or a key, code fetched and run unseen, the
-network settings or the shell history changed, tunnels, commands read out of a file and run.
+service, an archive of the whole folder sent to another computer, a CI step that sends the CI
+service's secrets, access to an account given to a person or a key, code fetched and run
+unseen, the network settings or the shell history changed, tunnels, commands read out of a
+file and run, a skill asked for by a path instead of a name.
+
+A push is a push however it is spelled (``git -C dir push``, ``git -c k=v push``, ``git
+subtree push``, ``git lfs push``, ``hg push``): asked. A CI configuration is judged by the
+commands it would run on the server, with the rules for scripts written into the folder.
 
 A shell command is judged as written and as the shell would read it
 (:mod:`cowork.host.agent.shellwords`: dequoted, ANSI-C strings decoded, variables set in the
@@ -204,7 +210,7 @@ _IRREVERSIBLE: tuple[tuple[re.Pattern[str], str, str], ...] = (
     (
         re.compile(
             r"(^|[\s;&|(])(mail|mailx|sendmail|swaks|msmtp|mutt|s-nail|ssmtp)(\s|$)|\bsmtplib\b|"
-            r"\bnodemailer\b|\bsendgrid\b"
+            r"\bnodemailer\b|\bsendgrid\b|\bgit\s+(send-email|imap-send)\b"
         ),
         "It would send an email, which cannot be unsent.",
         "send-mail",
@@ -348,6 +354,36 @@ _HOST_EXEC = Assessment(
     "It would plant something your own computer runs outside the VM when you use this folder.",
     "host-exec",
 )
+#: git's own options before its subcommand (``git -C dir``, ``-c k=v``, ``--git-dir=…``,
+#: ``--no-pager``): they do not change what the subcommand does to the server.
+_GIT_VALUE = r"""(?:"[^"]*"|'[^']*'|[^\s;&|'"])+"""
+_GIT_GLOBAL_OPTS = re.compile(
+    r"\bgit((?:\s+(?:-[cC]\s*" + _GIT_VALUE + r"|--(?:git-dir|work-tree|namespace|exec-path|"
+    r"config-env|super-prefix|attr-source)(?:=|\s+)" + _GIT_VALUE + r"|-[pP](?=\s)|"
+    r"--[a-z][\w-]*(?:=" + _GIT_VALUE + r")?))+)(?=\s)"
+)
+#: Other ways git sends commits or objects to a server: each is a push, whatever it is called.
+_GIT_PUSH_LIKE = re.compile(
+    r"\bgit(?:\s+|-)(?:subtree\s+push|lfs\s+push|send-pack|http-push|svn\s+dcommit|"
+    r"p4\s+submit|annex\s+(?:sync|push|copy\s[^;&|]*--to|move\s[^;&|]*--to))\b"
+)
+#: Pushes of other version-control tools.
+_OTHER_VCS_PUSH = re.compile(
+    r"(^|[\s;&|(])(?:(?:hg|bzr|brz|fossil|sl|dvc)\s+push|jj\s+git\s+push|"
+    r"svn\s+(?:commit|ci|import)|gh\s+repo\s+sync)\b"
+)
+#: ``git -c alias.x=...``: a subcommand name defined on the spot, which can hide a push.
+_GIT_ALIAS_OPT = re.compile(r"\bgit\s+(?:-\S+\s+)*-c\s*alias\.", re.IGNORECASE)
+
+
+def _canonical_git(norm: str) -> str:
+    """``norm`` with git's own options dropped and every way of pushing spelled ``git push``,
+    so the push rules see ``git -C sub push``, ``git subtree push`` or ``hg push`` as one."""
+    text = _GIT_GLOBAL_OPTS.sub("git", norm)
+    text = _GIT_PUSH_LIKE.sub("git push", text)
+    return _OTHER_VCS_PUSH.sub(lambda m: f"{m.group(1)}git push", text)
+
+
 #: Pushing to an address typed into the command, or to a remote added on the spot.
 _PUSH_TO_TYPED = re.compile(
     r"\bgit\s+push\s+(-\S+\s+)*(https?|ssh|git)://|\bgit\s+push\s+(-\S+\s+)*[\w.-]+@[\w.-]+:|"
@@ -548,6 +584,143 @@ def _scans_for_secrets(words: tuple[str, ...]) -> bool:
     return False
 
 
+#: A skill is named, never located: a separator, a parent step, a home anchor or their
+#: encodings turn a name into a path.
+_PATH_IN_NAME = re.compile(r"[/\\\x00-\x1f\x7f]|\.\.|^~|%(2f|5c|00)|%2e%2e", re.I)
+
+
+def _skill_name(name: str) -> Assessment:
+    if _PATH_IN_NAME.search(unicodedata.normalize("NFKC", name)):
+        return Assessment(
+            Risk.FORBIDDEN,
+            "It asks for a skill by a file path instead of a name, as only a trick to read "
+            "other files would.",
+            "skill-path",
+        )
+    return ROUTINE
+
+
+#: Operands that name the whole shared folder.
+_WHOLE_FOLDER = frozenset(
+    {".", "./", "./.", "*", "./*", ".*", "/workspace", "/workspace/", "/workspace/.",
+     "/workspace/*", "$PWD", "${PWD}", "$(pwd)", "`pwd`"}
+)  # fmt: skip
+_ARCHIVERS = frozenset({"zip", "tar", "gtar", "bsdtar", "7z", "7za", "7zz", "rar"})
+
+
+#: Lists every file of the folder (``find .``, ``git ls-files``), for an archiver to read.
+_LISTS_FOLDER = re.compile(
+    r"^\s*(find\s+(\.|\./|/workspace/?)(\s|$)|git\s+ls-files\b|ls\s+-\w*R|rg\s+--files\b|"
+    r"fd(find)?(\s|$))"
+)
+
+
+def _archive_of_folder(words: list[str], *, fed_folder: bool = False) -> str | None:
+    """Where an archive of the whole folder goes (``-`` for standard output), if ``words``
+    make one: ``zip -r x.zip .``, ``tar czf - .``, ``7z a x.7z *``, ``git archive``,
+    ``git bundle create x --all``, or an archiver reading the names of every file
+    (``find . | zip -@ x.zip``) when ``fed_folder``."""
+    core = _command_words(words)
+    if core[:2] == ["git", "archive"]:
+        for i, w in enumerate(core):
+            if w in ("-o", "--output") and i + 1 < len(core):
+                return core[i + 1]
+            if w.startswith("--output="):
+                return w.split("=", 1)[1]
+        return "-"
+    if core[:3] == ["git", "bundle", "create"] and len(core) > 3:
+        return core[3]
+    if not core or posixpath.basename(core[0]) not in _ARCHIVERS:
+        return None
+    prog = posixpath.basename(core[0])
+    args = core[1:]
+    out: str | None = None
+    operands: list[str] = []
+    if prog in ("zip", "7z", "7za", "7zz", "rar"):
+        rest = [w for w in args if not w.startswith("-") or w == "-"]
+        if prog != "zip":
+            if not rest or rest[0] not in ("a", "u"):
+                return None
+            rest = rest[1:]
+            if "-so" in args:
+                rest = ["-", *rest]
+        if not rest:
+            return None
+        out, operands = rest[0], rest[1:]
+        if fed_folder and "-@" in args:
+            operands.append(".")
+    else:  # tar: old-style letters (czf), short clusters (-czf) or long options
+        create, folder = False, "."
+        it = iter(enumerate(args))
+        for i, w in it:
+            letters = w.lstrip("-") if not w.startswith("--") else ""
+            if w.startswith("--"):
+                create = create or w == "--create"
+                if w.startswith("--file="):
+                    out = w.split("=", 1)[1]
+                elif w.startswith("--directory="):
+                    folder = w.split("=", 1)[1]
+                elif w.startswith("--files-from="):
+                    operands.append("." if fed_folder and w.endswith(("=-", "=/dev/stdin")) else "")
+                elif w in ("--file", "--directory", "--files-from"):
+                    value = next(it, (0, ""))[1]
+                    if w == "--files-from":
+                        operands.append("." if fed_folder and value in ("-", "/dev/stdin") else "")
+                    else:
+                        out, folder = (value, folder) if w == "--file" else (out, value)
+            elif (w.startswith("-") or i == 0) and re.fullmatch(r"[A-Za-z]+", letters):
+                create = create or "c" in letters
+                for letter in letters:
+                    if letter in "fCT":
+                        value = next(it, (0, ""))[1]
+                        if letter == "T":
+                            fed = fed_folder and value in ("-", "/dev/stdin")
+                            operands.append("." if fed else "")
+                        else:
+                            out, folder = (value, folder) if letter == "f" else (out, value)
+            else:
+                operands.append(w)
+        if not create or posixpath.normpath(folder) not in (".", "/workspace"):
+            return None
+        out = out or "-"
+    return out if any(o in _WHOLE_FOLDER for o in operands) else None
+
+
+def _sends_out(segment: str) -> bool:
+    """One command that sends what it is given to another computer."""
+    net = _NET_TOOL.search(segment) or _URL.search(segment)
+    return bool(
+        (_UPLOAD.search(" " + segment) and net)
+        or _RAW_NET.search(segment)
+        or _IRREVERSIBLE[1][0].search(segment)  # mail
+        or _IRREVERSIBLE[3][0].search(segment)  # scp, rsync to a host, cloud storage
+    )
+
+
+def _folder_sent(norm: str) -> bool:
+    """An archive of the whole folder piped, or written and then given, to a command that
+    sends it to another computer (``zip -r - . | curl -T -``, ``tar czf /tmp/a.tgz . && scp
+    /tmp/a.tgz h:``)."""
+    parts = re.split(r"(\|\||&&|\|&?|;|&|\n)", norm)
+    segments, ops = parts[0::2], [*parts[1::2], ""]
+    for i, segment in enumerate(segments):
+        fed = i > 0 and ops[i - 1] in ("|", "|&") and bool(_LISTS_FOLDER.match(segments[i - 1]))
+        out = _archive_of_folder(segment.split(), fed_folder=fed)
+        if out is None:
+            continue
+        if out == "-":
+            j = i
+            while ops[j] in ("|", "|&") and j + 1 < len(segments):
+                j += 1
+                if _sends_out(segments[j]):
+                    return True
+        else:
+            name = posixpath.basename(out)
+            if any(name in later and _sends_out(later) for later in segments[i + 1 :]):
+                return True
+    return False
+
+
 def _tokens(text: str) -> list[str]:
     return [t for t in re.split(r"[\s;&|()<>`=]+", text) if t]
 
@@ -562,6 +735,8 @@ class RuleAssessor:
 
     def __init__(self, *, egress_check: EgressCheck | None = None) -> None:
         self.egress_check = egress_check
+        #: Judging the commands of a CI configuration (not again as a write of one).
+        self.in_ci = False
 
     def assess(self, call: ToolCall) -> Assessment:
         if call.name.startswith("mcp__"):  # a connector: asked, whatever its own hints say
@@ -576,6 +751,8 @@ class RuleAssessor:
             return self._bash(str(call.input.get("command", "")))
         if call.name == "web_fetch":
             return self._web_fetch(str(call.input.get("url", "")))
+        if call.name == "use_skill":
+            return _skill_name(str(call.input.get("name", "")))
         return self._file(call)
 
     def _web_fetch(self, url: str) -> Assessment:
@@ -622,13 +799,9 @@ class RuleAssessor:
                     "git-internals",
                     reversible=True,
                 )
-            if rel.startswith(".github/workflows/") or rel.startswith(".gitlab-ci"):
-                return Assessment(
-                    Risk.RISKY,
-                    "It would change automation that runs on a server when you publish.",
-                    "ci-config",
-                    reversible=True,
-                )
+            if _CI_FILE.search(_fold(rel)):
+                text = str(call.input.get("content") or call.input.get("new_string") or "")
+                return _ci_assess(text, jenkins=_fold(rel).endswith("jenkinsfile")) or _CI_CONFIG
         if call.name in ("write_file", "edit_file"):
             text = str(call.input.get("content") or call.input.get("new_string") or "")
             if _is_script(rel, text):
@@ -674,6 +847,12 @@ class RuleAssessor:
                 worst = second
         if worst.risk is not Risk.FORBIDDEN and _writes_named(read.text, _CONFIG_IN_TEXT):
             return _CONFIG_WRITE
+        ci_write = not self.in_ci and _writes_named(read.text, _CI_IN_TEXT)
+        if worst.risk is not Risk.FORBIDDEN and ci_write:
+            # The text it writes into a CI configuration is in the command: judge it as one.
+            ci = _ci_assess(command)
+            if ci is not None and ci.risk is Risk.FORBIDDEN:
+                return ci
         if worst.risk is not Risk.FORBIDDEN and any(_gists_files(c) for c in read.commands):
             return _PASTE_FILES
         if worst.risk is not Risk.FORBIDDEN and any(_scans_for_secrets(c) for c in read.commands):
@@ -755,6 +934,13 @@ class RuleAssessor:
                 "It would send a file that holds passwords or keys to a server.",
                 "secret-upload",
             )
+        if _folder_sent(norm):
+            return Assessment(
+                Risk.FORBIDDEN,
+                "It would send an archive of your whole folder to another computer, which no "
+                "task needs.",
+                "folder-upload",
+            )
         if _ENV_DUMP.search(norm) and (sends or urls or _NET_TOOL.search(norm)):
             return Assessment(
                 Risk.FORBIDDEN,
@@ -775,7 +961,9 @@ class RuleAssessor:
                 "should do that, outside cowork.",
                 "account-access",
             )
-        if _PUSH_TO_TYPED.search(norm):
+        # Quoted option values (``-c "user.name=A B"``) are read before the quotes go.
+        gnorm = _canonical_git(_normalise(_canonical_git(command)))
+        if _PUSH_TO_TYPED.search(gnorm):
             return Assessment(
                 Risk.FORBIDDEN,
                 "It would publish your project to an address typed into the command, not to "
@@ -830,7 +1018,7 @@ class RuleAssessor:
                 "upload",
             )
         for pattern, reason, rule in _IRREVERSIBLE:
-            if pattern.search(norm):
+            if pattern.search(norm) or pattern.search(gnorm):
                 return Assessment(Risk.RISKY, reason, rule)
         if _HOME_REF.search(command) or _HOME_REF.search(norm):
             return Assessment(
@@ -845,13 +1033,150 @@ class RuleAssessor:
                 f"It uses {outside[0]}, which is outside the folder you shared.",
                 "outside-workspace",
             )
+        if _GIT_ALIAS_OPT.search(norm):
+            return Assessment(
+                Risk.RISKY,
+                "It defines a git command name on the spot, which can hide what it really does.",
+                "obfuscated",
+            )
         for pattern, reason, rule in _DESTRUCTIVE:
-            if pattern.search(norm):
+            if pattern.search(norm) or pattern.search(gnorm):
                 return Assessment(Risk.RISKY, reason, rule, reversible=rule in STAGED_REVERSIBLE)
         deletion = _mass_deletion(norm) or _bulk_overwrite(norm)
         if deletion:
             return deletion
         return ROUTINE
+
+
+#: Files that tell a CI service what to run on its servers when the project is pushed.
+_CI_FILE = re.compile(
+    r"^\.(github|gitea|forgejo)/workflows/|^(\.github/actions/.+/)?action\.ya?ml$|"
+    r"^\.gitlab-ci|^\.gitlab/ci/|^\.circleci/|^\.(travis|drone|woodpecker|cirrus)(\.ya?ml$|/)|"
+    r"^(azure-pipelines|bitbucket-pipelines)\.ya?ml$|^\.buildkite/|(^|/)jenkinsfile$"
+)
+_CI_IN_TEXT = re.compile(
+    r"\.(github|gitea|forgejo)/workflows/|\.github/actions/|\.gitlab-ci|\.gitlab/ci/|"
+    r"\.circleci/|\.(travis|drone|woodpecker|cirrus)\.ya?ml\b|"
+    r"\b(azure|bitbucket)-pipelines\.ya?ml\b|\.buildkite/|\bjenkinsfile\b"
+)
+_CI_CONFIG = Assessment(
+    Risk.RISKY,
+    "It would change automation that runs on a server when you publish.",
+    "ci-config",
+    reversible=True,
+)
+#: Keys whose value is shell text the CI server runs (GitHub ``run``, GitLab and Bitbucket
+#: ``script``, CircleCI and Buildkite ``command``, Drone ``commands``, Travis phases ...).
+_CI_RUN_KEY = re.compile(
+    r"run|script|scripts|\w+_script|command|commands|cmd|entrypoint|bash|sh|pwsh|powershell|"
+    r"inlinescript|install|before_install|after_success|after_failure|before_deploy|"
+    r"after_deploy",
+    re.IGNORECASE,
+)
+_CI_KEY_LINE = re.compile(r"([\w.-]+)\s*:(?:\s+(.*))?")
+#: An expression the CI server fills with a secret (``${{ secrets.X }}``, ``toJSON(secrets)``,
+#: the job's own token).
+_CI_SECRET = re.compile(r"\$\{\{[^}]*\b(secrets|github\.token)\b[^}]*\}\}", re.IGNORECASE)
+_CI_EXPR = re.compile(r"\$\{\{.*?\}\}", re.S)
+#: ``NAME: ${{ secrets.X }}``: an environment variable that carries a secret.
+_CI_SECRET_ENV = re.compile(
+    r"([A-Za-z_][A-Za-z0-9_]*)\s*:\s*['\"]?\$\{\{[^}]*\b(secrets|github\.token)\b",
+    re.IGNORECASE,
+)
+#: Jenkins pipeline shell steps: ``sh 'make'``, ``sh(script: "...")``, ``sh '''...'''``.
+_JENKINS_SH = re.compile(r"\bsh\s*\(?\s*(?:script\s*:\s*)?('''|\"\"\"|'|\")(.*?)\1", re.S)
+
+
+def _unquote(value: str) -> str:
+    value = value.strip()
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        inner = value[1:-1]
+        return inner.replace("''", "'") if value[0] == "'" else inner
+    return value
+
+
+def _ci_commands(text: str) -> list[str]:
+    """The shell lines of a CI configuration, or of a piece of one (an edit): values of the
+    keys that hold commands, their blocks and lists, and lines that are no YAML key at all
+    (inside a block whose key the piece does not show). Block text of other keys (a
+    description) is left out."""
+    out: list[str] = []
+    skip_indent: int | None = None  # inside a block of a key that holds no commands
+    cmd_indent: int | None = None  # inside a block or list of a key that holds commands
+    for raw in text.splitlines():
+        body = raw.strip()
+        if not body or body.startswith("#"):
+            continue
+        indent = len(raw) - len(raw.lstrip())
+        if skip_indent is not None:
+            if indent > skip_indent:
+                continue
+            skip_indent = None
+        item = body[1:].lstrip() if body.startswith("-") and body[1:2] in ("", " ") else body
+        key = _CI_KEY_LINE.fullmatch(item)
+        if cmd_indent is not None:
+            if indent > cmd_indent or (indent == cmd_indent and item != body and not key):
+                out.append(_unquote(item))
+                continue
+            cmd_indent = None
+        if key:
+            value = (key.group(2) or "").strip()
+            runs = _CI_RUN_KEY.fullmatch(key.group(1)) is not None
+            at = indent + len(body) - len(item)
+            if value[:1] in ("|", ">"):
+                if runs:
+                    cmd_indent = at
+                else:
+                    skip_indent = at
+            elif not value:
+                cmd_indent = at if runs else None
+            elif runs:
+                out.append(_unquote(value.strip("[]") if value.startswith("[") else value))
+            continue
+        out.append(_unquote(item))
+    # A line ending in a backslash goes on in the next one.
+    return "\n".join(out).replace("\\\n", " ").splitlines()
+
+
+def _ci_assess(text: str, *, jenkins: bool = False) -> Assessment | None:
+    """A CI configuration (or a piece of one) judged by what its commands would do on the
+    server: a secret of the CI service sent with a network command is refused, and the
+    commands are judged by the same rules as a script written into the folder."""
+    if jenkins:
+        lines = [ln for m in _JENKINS_SH.finditer(text) for ln in m.group(2).splitlines()]
+    else:
+        lines = _ci_commands(text)
+    names = sorted({m.group(1) for m in _CI_SECRET_ENV.finditer(text)})
+    # The variable by name: $NAME, ${{ env.NAME }}, os.environ["NAME"], process.env.NAME.
+    carries = re.compile(r"\b(" + "|".join(names) + r")\b") if names else None
+    secret_lines = [ln for ln in lines if _CI_SECRET.search(ln) or (carries and carries.search(ln))]
+    for line in secret_lines:
+        net = _NET_TOOL.search(line) or _URL.search(line) or _RAW_NET.search(line)
+        if net or _DNS_TOOL.search(line) or _IRREVERSIBLE[1][0].search(line):
+            return Assessment(
+                Risk.FORBIDDEN,
+                "It would make your CI service send one of its secrets to a server, from a "
+                "step the agent wrote.",
+                "ci-secret-send",
+            )
+    shell = _CI_EXPR.sub("ci-value", "\n".join(lines))
+    rules = RuleAssessor()
+    rules.in_ci = True
+    inner = rules.assess(ToolCall("ci", "bash", {"command": shell}))
+    if inner.risk is Risk.FORBIDDEN:
+        return Assessment(
+            Risk.FORBIDDEN,
+            f"It would change automation that, on a server, does this: {inner.reason}",
+            f"ci:{inner.rule}",
+        )
+    if secret_lines and any(_sends_out(ln) for ln in lines):
+        return Assessment(
+            Risk.RISKY,
+            "It would change automation that uses a secret of your CI service next to a step "
+            "that sends data to a server.",
+            "ci-secret-nearby",
+        )
+    return None
 
 
 _SCRIPT_SUFFIX = re.compile(
@@ -1006,17 +1331,24 @@ def _writes_named(text: str, names: re.Pattern[str]) -> bool:
 _SED_TAIL = re.compile(r"/[gimpIMe0-9]{1,3}")
 
 
+#: A slash followed by what no file name starts with: program text, not a path.
+_NOT_A_NAME = re.compile(r"/[,;:)}\]!#^|]")
+
+
 def _outside_paths(norm: str) -> list[str]:
     found: list[str] = []
     has_cd = re.search(r"(^|[\s;&|(])cd\s", norm) is not None
     # Words split as the shell would, but not at ')': in program text (``a)/b(``) a slash
     # after a parenthesis is division or a regular expression, not a path.
-    for word in (w.rstrip(")") for w in re.split(r"[\s;&|(<>`=]+", norm) if w):
+    for m in re.finditer(r"[^\s;&|(<>`=]+", norm):
+        word = m.group(0).rstrip(")")
         if "://" in word:
             continue
         if word.startswith("/"):
             if "^" in word or "$/" in word or "\\" in word or _SED_TAIL.fullmatch(word):
                 continue  # a sed or awk address such as /^$/d, not a path
+            if (word == "/" and norm[m.start() - 1 : m.start()] == "(") or _NOT_A_NAME.match(word):
+                continue  # gsub(/ /,"") or /,/: a regular expression in program text
             path = posixpath.normpath(word)
             if not any(path == p or path.startswith(p + "/") for p in _ALLOWED_ABS):
                 found.append(word)
@@ -1142,13 +1474,109 @@ def _file_args(words: list[str]) -> list[str]:
     return out
 
 
+#: ``sed -i.bak``, ``perl -pi~``, ``--in-place=.orig``: every file rewritten keeps a copy.
+_BACKUP_SUFFIX = re.compile(r"(^|\s)(-[a-zA-Z]*i[.~_]\S*|--in-place=\S+)(\s|$)")
+_MOVERS = frozenset({"mv", "cp", "gmv", "gcp"})
+
+
+def _folders_made(segments: list[str]) -> set[str]:
+    """Folders a ``mkdir`` in the command creates (a move into them replaces nothing)."""
+    made: set[str] = set()
+    for segment in segments:
+        words = _command_words(segment.split())
+        if words and posixpath.basename(words[0]) == "mkdir":
+            made.update(posixpath.normpath(w) for w in words[1:] if not w.startswith("-"))
+    return made
+
+
+def _moves_onto_many(words: list[str], made: set[str], *, fed: bool) -> bool:
+    """``mv``/``cp`` of many files (a glob, three or more names, or files fed by a loop, xargs
+    or find) into a folder of the person's, where any file of the same name is replaced;
+    not when told to keep (``-n``, ``-i``) or back up (``-b``) what is there, nor into a
+    scratch, build or just-made folder (unless forced with ``-f``)."""
+    core = _command_words(words)
+    if core and posixpath.basename(core[0]) in ("find", "xargs"):
+        core = _fed_command(core)
+    git = core[:2] == ["git", "mv"]
+    core = core[1:] if git else core
+    if not core or posixpath.basename(core[0]) not in _MOVERS:
+        return False
+    short, long_, operands = "", [], []
+    target: str | None = None
+    args = iter(core[1:])
+    for w in args:
+        if w in ("-t", "--target-directory"):
+            target = next(args, "")
+        elif w.startswith("--target-directory="):
+            target = w.split("=", 1)[1]
+        elif w.startswith("--"):
+            long_.append(w)
+        elif w.startswith("-") and len(w) > 1:
+            short += w[1:]
+        else:
+            operands.append(w)
+    force = "f" in short or "--force" in long_
+    backup = "b" in short or any(w.startswith("--backup") for w in long_)
+    keep = ("n" in short or "i" in short) or any(
+        w in ("--no-clobber", "--interactive", "--update=none", "--update=none-fail") for w in long_
+    )
+    if backup or (keep and not force) or (git and not force):
+        return False  # git mv refuses to replace a file unless forced
+    given = target is not None
+    if target is None:
+        if len(operands) < 2:
+            return False
+        target, sources = operands[-1], operands[:-1]
+    else:
+        sources = operands
+    folder = posixpath.normpath(target) if target else "."
+    if _inside_tmp(folder) or _REGENERABLE.intersection(PurePosixPath(folder).parts):
+        return False
+    if folder in made and not force:
+        return False
+    globbed = any(_GLOB_CHARS.search(s) or ("{" in s and "," in s) for s in sources)
+    # A rename (``mv "$f" "${f%.srt}.en.srt"``) names a file; a folder ends in a slash, is
+    # given with -t, receives several names, or has no suffix (``chapters``).
+    name = posixpath.basename(target.rstrip("/"))
+    into_folder = (
+        given
+        or target.endswith("/")
+        or len(sources) > 1
+        or ("." not in name.lstrip(".") and "$" not in name)
+    )
+    return len(sources) >= 3 or ((globbed or fed) and into_folder)
+
+
+def _fed_command(words: list[str]) -> list[str]:
+    """The command that ``find -exec`` or ``xargs`` runs on the files it is fed."""
+    takes_value = {"-I", "-n", "-P", "-L", "-d", "-a", "-E", "-s", "--max-args"}
+    for i, w in enumerate(words):
+        if w in ("-exec", "-execdir", "-ok", "-okdir"):
+            return words[i + 1 :]
+    if posixpath.basename(words[0]) == "xargs":
+        j = 1
+        while j < len(words) and words[j].startswith("-"):
+            j += 2 if words[j] in takes_value else 1
+        return words[j:]
+    return []
+
+
 def _bulk_overwrite(norm: str) -> Assessment | None:
     """Rewriting many files in place (``sed -i`` over a glob, ``mogrify *.jpg``, a loop that
     converts each file onto itself): with changes written through, the originals are gone."""
     segments = re.split(r"\s(?:;|&&|\|\||&)\s|;", norm)
     fed = _MANY_FED.search(norm) is not None
+    made = _folders_made(segments)
     for segment in segments:
         words = segment.split()
+        if any(_moves_onto_many(part.split(), made, fed=fed) for part in segment.split("|")):
+            return Assessment(
+                Risk.RISKY,
+                "It would move or copy many files over any of the same name, and the files "
+                "it replaces would be gone.",
+                "bulk-overwrite",
+                reversible=True,
+            )
         files = _file_args(words)
         many = fed or any(_MANY_ARGS.search(" " + w) for w in files)
         # A converter given the same file to read and to write (convert "$f" -strip "$f").
@@ -1162,7 +1590,8 @@ def _bulk_overwrite(norm: str) -> Assessment | None:
                     w for i, w in enumerate(words[1:], 1) if w != flag and words[i - 1] != flag
                 ]
                 onto_itself = onto_itself or out in others
-        if (_IN_PLACE.search(" " + segment) or onto_itself) and many:
+        in_place = _IN_PLACE.search(" " + segment) and not _BACKUP_SUFFIX.search(segment)
+        if (in_place or onto_itself) and many:
             return Assessment(
                 Risk.RISKY,
                 "It would rewrite many of your files in place, and the originals would be gone.",
