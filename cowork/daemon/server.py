@@ -497,7 +497,8 @@ class Daemon:
         )
 
     def _record(self, ev: Event) -> None:
-        """Record a VM before it is defined, so a later run can remove it if we die."""
+        """Record a VM before it is defined or restored, so a later run can remove it if we
+        die; forget it once it is gone with its files."""
         if ev.kind is Kind.VM_CREATING:
             name = str(ev.fields.get("name"))
             records = self.paths.daemon_records
@@ -509,6 +510,12 @@ class Daemon:
             ended = ev.session or ev.fields.get("session")
             if isinstance(ended, str):
                 self._unrecord(ended)
+        elif ev.kind is Kind.VM_STOPPED and ev.fields.get("how") in ("destroyed", "saved"):
+            # A VM with no session files (a quick-start template's) is done with once gone;
+            # a session's record stays until its files are deleted too (SESSION_ENDED).
+            gone = str(ev.fields.get("name"))
+            if not self.paths.session_dir(gone).exists():
+                self._unrecord(gone)
 
     def _unrecord(self, name: str) -> None:
         (self.paths.daemon_records / f"{name}.json").unlink(missing_ok=True)

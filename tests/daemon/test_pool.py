@@ -9,6 +9,7 @@ import pytest
 
 from cowork.cli.common import pool_lines, started_by
 from cowork.daemon import protocol as p
+from cowork.host.events import Kind
 from tests.daemon.conftest import Service
 
 
@@ -138,3 +139,17 @@ def test_started_by_says_how_a_vm_started():
     assert started_by("pool", 0.012) == "pool (taken in 12 ms)"
     assert started_by("restore", 3.14) == "restore (3.1 s to ready)"
     assert started_by("cold", 13.0) == "cold (13.0 s to ready)"
+
+
+def test_records_of_vms_without_session_files_go_when_the_vm_goes(service):
+    bus = service.daemon._bus()
+    records = service.paths.daemon_records
+    for name in ("cowork-tpl-abc-1234", "cowork-ws-5678"):
+        bus.emit(Kind.VM_CREATING, name=name)
+    service.paths.session_dir("cowork-ws-5678").mkdir(parents=True)
+    for name in ("cowork-tpl-abc-1234", "cowork-ws-5678"):
+        bus.emit(Kind.VM_STOPPED, name=name, how="destroyed")
+    # The template VM is gone; the session's record stays until its files are deleted.
+    assert sorted(f.stem for f in records.glob("*.json")) == ["cowork-ws-5678"]
+    bus.emit(Kind.SESSION_ENDED, session="cowork-ws-5678")
+    assert list(records.glob("*.json")) == []
