@@ -56,6 +56,9 @@ CHECK_SECONDS = 5.0
 #: The wait after a first failed fill (it doubles with every failure in a row).
 RETRY_SECONDS = 15.0
 MAX_RETRY_SECONDS = 600.0
+#: How long a pool waits after a take before it restores the next guest (the restore would
+#: otherwise slow the first commands of the session just handed out).
+REFILL_DELAY_SECONDS = 3.0
 
 
 @dataclass(frozen=True)
@@ -187,6 +190,7 @@ class Pools:
         check_seconds: float = CHECK_SECONDS,
         retry_seconds: float = RETRY_SECONDS,
         max_retry_seconds: float = MAX_RETRY_SECONDS,
+        refill_delay_seconds: float | None = None,
     ) -> None:
         self._opener = opener
         self._planner = planner
@@ -197,6 +201,9 @@ class Pools:
         self._check_seconds = check_seconds
         self._retry = retry_seconds
         self._max_retry = max_retry_seconds
+        self._refill_delay = (
+            REFILL_DELAY_SECONDS if refill_delay_seconds is None else refill_delay_seconds
+        )
         self._lock = threading.Lock()
         self._entries: dict[PoolKey, _Entry] = {}
         self._closers: list[threading.Thread] = []
@@ -262,6 +269,7 @@ class Pools:
             if not self._alive(sess):
                 raise BackendError("its VM is no longer running")
             self._check(sess, say)
+            warm.mark_taken(sess, time.monotonic() - t0, self._events)
         except Exception as exc:
             self._events.emit(
                 Kind.VM_WARM, session=sess.name, phase="pool-discarded", reason=str(exc)
@@ -269,7 +277,6 @@ class Pools:
             say(f"a waiting VM could not be used ({exc}); starting normally")
             self._close_later([sess])
             return None
-        warm.mark_taken(sess, time.monotonic() - t0, self._events)
         return sess
 
     def refresh(self) -> None:
@@ -352,6 +359,7 @@ class Pools:
                 max_retry_seconds=self._max_retry,
                 on_failure=self._notice,
                 label=now.key.workspace,
+                refill_delay_seconds=self._refill_delay,
             )
             self._entries[now.key] = _Entry(now, changes_default, pool, time.monotonic())
         for old in evicted:

@@ -461,7 +461,9 @@ class WarmPool:
     A fill that fails is never fatal: it emits ``vm.warm`` ``pool-fill-failed`` (with the
     reason and when the next try is), calls ``on_failure`` with a one-line notice, and the
     next try waits ``retry_seconds``, doubling after each failure in a row up to
-    ``max_retry_seconds``. A fill that succeeds resets the wait.
+    ``max_retry_seconds``. A fill that succeeds resets the wait. After a take the refill
+    waits ``refill_delay_seconds``, so the restore does not compete for the CPU with the
+    first commands of the session just handed out.
     """
 
     def __init__(
@@ -476,6 +478,7 @@ class WarmPool:
         max_retry_seconds: float = 600.0,
         on_failure: Progress | None = None,
         label: str = "",
+        refill_delay_seconds: float = 0.0,
     ) -> None:
         import threading
 
@@ -487,6 +490,7 @@ class WarmPool:
         self._retry = retry_seconds
         self._max_retry = max(retry_seconds, max_retry_seconds)
         self._on_failure = on_failure
+        self._refill_delay = refill_delay_seconds
         self._ready: list[Session] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -522,6 +526,8 @@ class WarmPool:
         The pool refills in the background; the caller owns the session from now on."""
         with self._lock:
             sess = self._ready.pop(0) if self._ready else None
+            if sess is not None:
+                self._next_try = max(self._next_try, time.monotonic() + self._refill_delay)
         self._wake.set()
         return sess
 

@@ -111,7 +111,10 @@ def pool_check_s() -> float | None:
 
 
 @pytest.fixture
-def service(tmp_path: Path, pool_check_s: float | None) -> Iterator[Service]:
+def service(
+    tmp_path: Path, pool_check_s: float | None, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Service]:
+    monkeypatch.setattr("cowork.host.pool.REFILL_DELAY_SECONDS", 0.0)
     run = Path(tempfile.mkdtemp(prefix="cwd", dir="/tmp"))
     paths = replace(Paths.under(tmp_path / "cw"), runtime=run)
     ws = tmp_path / "ws"

@@ -92,6 +92,7 @@ class World:
             raise WorkspaceError(self.refuse)
 
     def pools(self, **kw: object) -> Pools:
+        kw.setdefault("refill_delay_seconds", 0.0)
         return Pools(
             self.opener,  # type: ignore[arg-type]
             self.planner,
@@ -366,3 +367,15 @@ def test_keys_differ_with_the_policy_and_the_image(tmp_path):
     rebuilt = replace(info, files={"vmlinuz": "2"})
     assert pool_mod.image_digest(info) != pool_mod.image_digest(rebuilt)
     assert pool_mod.image_digest(info) == pool_mod.image_digest(replace(info, built_at="u"))
+
+
+def test_a_take_delays_the_refill_so_the_new_session_has_the_cpu(world):
+    pools = world.pools(refill_delay_seconds=3600.0)
+    try:
+        pools.want("/w", "direct")
+        assert wait_until(lambda: waiting(pools) == 1)
+        assert pools.take("/w", "direct", lambda _m: None) is not None
+        time.sleep(0.3)
+        assert waiting(pools) == 0 and len(world.made) == 1
+    finally:
+        pools.close()
