@@ -379,3 +379,33 @@ def test_a_take_delays_the_refill_so_the_new_session_has_the_cpu(world):
         assert waiting(pools) == 0 and len(world.made) == 1
     finally:
         pools.close()
+
+
+def test_the_check_before_a_take_sees_the_folder_as_it_is_now(tmp_path):
+    """``check_taken``: the folder is checked again (credentials per policy, warnings to
+    the taker) and a staged session's baseline is the folder at the take."""
+    paths = Paths.under(tmp_path / "cw")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "notes.txt").write_text("before\n")
+    key = PoolKey(str(ws), "staged", "p", "i", "g")
+    sess = FakeSession(paths, 0, key)
+    from cowork.host.changes import store
+
+    store.begin(paths, sess.name, ws)  # as when the guest was made
+    made = (store.set_dir(paths, sess.name) / "baseline.json").read_text()
+    (ws / "notes.txt").write_text("edited while the guest waited\n")
+    said: list[str] = []
+    pool_mod.check_taken(sess, said.append)  # type: ignore[arg-type]
+    assert said == []
+    baseline = json.loads((store.set_dir(paths, sess.name) / "baseline.json").read_text())
+    assert baseline == json.loads(json.dumps(store.snapshot(ws)))
+    assert baseline != json.loads(made)
+
+    (ws / ".env").write_text("API_KEY=x\n")
+    sess.policy = build(paths, ws)  # type: ignore[assignment]  # secret_files = "warn"
+    pool_mod.check_taken(sess, said.append)  # type: ignore[arg-type]
+    assert len(said) == 1 and said[0].startswith("warning: ") and ".env" in said[0]
+    sess.policy = None  # no policy known: the stricter rule
+    with pytest.raises(WorkspaceError, match="look like credentials"):
+        pool_mod.check_taken(sess, said.append)  # type: ignore[arg-type]
