@@ -4,9 +4,11 @@
 
 Boots real guests (libvirt + QEMU) under temporary Paths with the real image cache; builds
 one template in a temporary cache first. Prints JSON: the median and all samples of each
-start mode (``Session.open`` until ``run("true")`` succeeded), the ratios to a cold boot,
+start mode (``Session.open`` until ``run("true")`` succeeded; for the pool, a take from the
+service's pools, :class:`cowork.host.pool.Pools`, until then), the ratios to a cold boot,
 the QEMU resident memory of a guest of each mode, and the disk a template and a session
-take. Not run in CI; numbers are for this machine only.
+take. ``bench/bench_pool.py`` measures the pool through the running service instead. Not
+run in CI; numbers are for this machine only.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 
 from cowork.host import warm
 from cowork.host.events import EventBus
+from cowork.host.pool import PoolKey, PoolPlan, Pools
 from cowork.host.session import Session, VMSettings
 from cowork.paths import OVERLAY_FILE, Paths
 
@@ -79,16 +82,24 @@ def _pool_takes(root: Path, cache: Path, memory: int, n: int) -> list[dict[str, 
     claude = root / "claude-pool"
     claude.mkdir()
     settings = VMSettings(claude_dir=claude, memory_mib=memory, start_mode="restore")
-    pool = warm.WarmPool(
-        lambda: Session.open(ws, paths=paths, events=EventBus(), settings=settings),
-        size=1, guest_memory_mib=memory, memory_cap_mib=memory,
+    key = PoolKey(str(ws.resolve()), "direct", "bench", "bench", "bench")
+    # The service's pools (cowork.host.pool), with one fixed key: a take runs the same
+    # checks as in the service. bench/bench_pool.py measures the whole service path.
+    pools = Pools(
+        lambda _key: Session.open(ws, paths=paths, events=EventBus(), settings=settings,
+                                  pooled=True),
+        lambda _ws, _changes: PoolPlan(key, 1, memory, memory),
     )  # fmt: skip
+    pools.want(key.workspace, "direct")
     out: list[dict[str, object]] = []
     try:
         for _ in range(n):
-            assert pool.wait_ready(1, timeout=600), "the pool did not fill"
+            deadline = time.monotonic() + 600
+            while not any(s.waiting for s in pools.status()):
+                assert time.monotonic() < deadline, "the pool did not fill"
+                time.sleep(0.1)
             t0 = time.perf_counter()
-            sess = pool.take()
+            sess = pools.take(key.workspace, "direct", lambda _m: None)
             assert sess is not None
             try:
                 result = sess.channel.run("true")
@@ -103,7 +114,7 @@ def _pool_takes(root: Path, cache: Path, memory: int, n: int) -> list[dict[str, 
             finally:
                 sess.close()
     finally:
-        pool.close()
+        pools.close()
         shutil.rmtree(paths.runtime, ignore_errors=True)
     return out
 

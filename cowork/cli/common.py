@@ -116,3 +116,36 @@ def add_daemon_arg(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run in this process instead of in the cowork service (scripts, tests)",
     )
+
+
+def started_by(mode: str, seconds: float) -> str:
+    """How a VM started, for ``cowork vm status``: ``pool (taken in 12 ms)``, ``restore
+    (3.1 s to ready)``."""
+    if mode == "pool":
+        return f"pool (taken in {seconds * 1000:.0f} ms)"
+    return f"{mode} ({seconds:.1f} s to ready)"
+
+
+def pool_lines(size: int, pools: list[Any]) -> list[str]:
+    """The warm pool lines of ``cowork daemon status``."""
+    if not pools:
+        if size <= 0:
+            return ["pool:      off (vm.pool_size = 0)"]
+        return [
+            f"pool:      on (vm.pool_size = {size}); nothing waiting yet (a folder gets its "
+            "pool after its first session)"
+        ]
+    out = []
+    for pool in pools:
+        out.append(
+            f"pool:      {pool.waiting} of {pool.size} waiting for {pool.workspace} "
+            f"({pool.changes} changes)"
+        )
+        if pool.guests:
+            out.append(f"  waiting VMs: {', '.join(pool.guests)}")
+        if pool.failures:
+            out.append(
+                f"  filling failed {pool.failures} time(s) in a row ({pool.last_error}); "
+                f"next try in {pool.retry_in_s:.0f} s"
+            )
+    return out

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from cowork.cli.common import progress
+from cowork.cli.common import pool_lines, progress
 from cowork.daemon import protocol as p
 from cowork.daemon.client import Client, DaemonGone, DaemonUnavailable
 from cowork.errors import CoworkError
@@ -132,6 +132,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"uptime:    {info.uptime_s:.0f} s")
     print(f"memory:    {_kib(info.rss_kib)}")
     print(f"socket:    {paths.daemon_socket}")
+    for line in pool_lines(info.pool_size, info.pools):
+        print(line)
     if not info.sessions:
         print("sessions:  none")
     for s in info.sessions:

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import BinaryIO
 
+from cowork.cli.common import started_by
 from cowork.cli.daemon import connect_or_start, recover_if_gone, show_notice
 from cowork.daemon import protocol as p
 from cowork.daemon.client import Client, DaemonUnavailable
@@ -156,7 +157,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"state:       {s.state} ({'busy' if s.busy else 'idle'})")
             print(f"workspace:   {s.workspace}")
             print(f"boot time:   {s.boot_seconds:.1f} s")
-            print(f"started by:  {s.start_mode} ({s.boot_seconds:.1f} s to ready)")
+            print(f"started by:  {started_by(s.start_mode, s.boot_seconds)}")
             print(f"accel:       {s.accel}")
             print(f"changes:     {s.changes}")
             print(f"kept:        {'yes' if s.kept else 'no (removed when its command ends)'}")

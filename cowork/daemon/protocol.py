@@ -164,6 +164,21 @@ class PolicyReply(Reply):
     policy: dict[str, Any]
 
 
+class PoolInfo(BaseModel):
+    """One warm pool: guests waiting for the next session in one folder."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workspace: str
+    changes: str  # "direct" or "staged"
+    size: int  # guests it holds when full
+    waiting: int
+    guests: list[str] = Field(default_factory=list)  # names of the waiting VMs
+    failures: int = 0  # fills that failed in a row
+    retry_in_s: float = 0.0  # when the next fill may start (backing off)
+    last_error: str = ""
+
+
 @reply
 class DaemonInfo(Reply):
     type: Literal["daemon.info"] = "daemon.info"
@@ -171,6 +186,8 @@ class DaemonInfo(Reply):
     uptime_s: float
     rss_kib: int
     sessions: list[SessionInfo] = Field(default_factory=list)
+    pool_size: int = 0  # vm.pool_size from admin policy and user settings (0: off)
+    pools: list[PoolInfo] = Field(default_factory=list)
 
 
 class ChangeEntry(BaseModel):

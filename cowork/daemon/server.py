@@ -15,6 +15,11 @@ Contract:
   removing it is the fail-closed choice.
 - A fault in one session (its VM died, its disk filled up) ends that session's request with a
   plain message and removes the session; the service keeps serving the others.
+- Keeps the warm pools (:mod:`cowork.host.pool`, which decides everything about them): a new
+  session for a folder is taken from its pool when one is ready and current, else started
+  normally; after a session for a folder started, the pool for it is kept filled when
+  ``vm.pool_size`` > 0. Pooled VMs are recorded like any other and destroyed when the service
+  stops.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -32,13 +38,15 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cowork.daemon import protocol as p
 from cowork.errors import CoworkError, UsageError
 from cowork.host.events import Event, EventBus, Kind
+from cowork.host.pool import PoolKey, PoolPlan, Pools
+from cowork.host.warm import POOL
 from cowork.paths import Paths
 
 log = logging.getLogger(__name__)
@@ -257,7 +265,12 @@ class Daemon:
         approval_timeout_s: float = APPROVAL_TIMEOUT_S,
         opener: Opener | None = None,
         task_overrides: dict[str, Any] | None = None,
+        pool_planner: Callable[[str, str], PoolPlan] | None = None,
+        pool_check_s: float | None = None,
     ) -> None:
+        """``opener`` opens a session (default :func:`cowork.host.session.open_session`);
+        ``pool_planner`` and ``pool_check_s`` replace the pools' planner and check interval
+        (tests)."""
         self.paths = paths
         self.started = time.time()
         self.hub = Hub()
@@ -271,6 +284,15 @@ class Daemon:
         self._lockfd: int | None = None
         self._stopped = threading.Event()
         self._conns: set[Conn] = set()
+        from cowork.host import pool
+
+        self.pools = Pools(
+            self._open_pooled,
+            pool_planner or (lambda ws, changes: pool.plan(paths, ws, changes)),
+            events=self._bus(),
+            notice=self._pool_notice,
+            check_seconds=pool_check_s if pool_check_s is not None else pool.CHECK_SECONDS,
+        )
 
     # --- start and stop ------------------------------------------------------------------
     def bind(self) -> None:
@@ -335,6 +357,7 @@ class Daemon:
             self.bind()
         assert self._listener is not None
         threading.Thread(target=self._watch, name="cowork-watchdog", daemon=True).start()
+        self.pools.start()
         self._listener.settimeout(0.5)
         while not self._stopped.is_set():
             try:
@@ -358,6 +381,7 @@ class Daemon:
             self._stop_task(ms, "the cowork service is stopping")
         for ms in managed:
             self._close(ms)
+        self.pools.close()
         if self._listener is not None:
             self._listener.close()
             with contextlib.suppress(FileNotFoundError):
@@ -473,7 +497,8 @@ class Daemon:
         )
 
     def _record(self, ev: Event) -> None:
-        """Record a VM before it is defined, so a later run can remove it if we die."""
+        """Record a VM before it is defined or restored, so a later run can remove it if we
+        die; forget it once it is gone with its files."""
         if ev.kind is Kind.VM_CREATING:
             name = str(ev.fields.get("name"))
             records = self.paths.daemon_records
@@ -481,11 +506,23 @@ class Daemon:
             tmp = records / f".{name}.tmp"
             tmp.write_text(json.dumps({"name": name, "pid": os.getpid(), "time": time.time()}))
             os.replace(tmp, records / f"{name}.json")
+        elif ev.kind is Kind.SESSION_ENDED:  # destroyed, whoever destroyed it (a pool too)
+            ended = ev.session or ev.fields.get("session")
+            if isinstance(ended, str):
+                self._unrecord(ended)
+        elif ev.kind is Kind.VM_STOPPED and ev.fields.get("how") in ("destroyed", "saved"):
+            # A VM with no session files (a quick-start template's) is done with once gone;
+            # a session's record stays until its files are deleted too (SESSION_ENDED).
+            gone = str(ev.fields.get("name"))
+            if not self.paths.session_dir(gone).exists():
+                self._unrecord(gone)
 
     def _unrecord(self, name: str) -> None:
         (self.paths.daemon_records / f"{name}.json").unlink(missing_ok=True)
 
-    def _notice(self, session: str | None, message: str, to: tuple[Conn, int] | None) -> None:
+    def _notice(
+        self, session: str | None, message: str, to: tuple[Conn, int] | None = None
+    ) -> None:
         self.hub.publish(p.Notice(session=session, message=message), to)
 
     def _find(self, workspace: str) -> Managed | None:
@@ -527,23 +564,49 @@ class Daemon:
             if resolved in self._booting:
                 raise UsageError(f"a VM for {resolved} is already starting; try again shortly")
             self._booting.add(resolved)
+        say = functools.partial(self._notice, None, to=to)
         try:
-            opener = self._opener or open_session
-            session = opener(
-                Path(resolved),
-                paths=self.paths,
-                events=self._bus(),
-                progress=lambda m: self._notice(None, m, to),
-                changes_default=changes_default,
-            )
+            session = self.pools.take(resolved, changes_default, say)
+            if session is None:
+                opener = self._opener or open_session
+                session = opener(
+                    Path(resolved),
+                    paths=self.paths,
+                    events=self._bus(),
+                    progress=say,
+                    changes_default=changes_default,
+                )
         finally:
             with self._lock:
                 self._booting.discard(resolved)
         ms = Managed(session=session, kept=kept)
         with self._lock:
             self._sessions[ms.name] = ms
-        self._notice(ms.name, f"VM {ms.name} ready in {session.state.boot_seconds:.1f} s", to)
+        took = float(session.state.boot_seconds)
+        if session.state.start_mode == POOL:
+            self._notice(ms.name, f"VM {ms.name} taken from the warm pool in {took:.2f} s", to)
+        else:
+            self._notice(ms.name, f"VM {ms.name} ready in {took:.1f} s", to)
+        self.pools.want(resolved, changes_default)
         return ms, True
+
+    def _open_pooled(self, key: PoolKey) -> Any:
+        """One guest to wait in the pool of ``key``."""
+        from cowork.host.session import open_session
+
+        opener = self._opener or open_session
+        return opener(
+            Path(key.workspace),
+            paths=self.paths,
+            events=self._bus(),
+            progress=lambda m: log.debug("warm pool for %s: %s", key.workspace, m),
+            changes_default=key.changes,
+            pool=True,
+        )
+
+    def _pool_notice(self, message: str) -> None:
+        log.warning("%s", message)
+        self._notice(None, message, None)
 
     def _find_locked(self, workspace: str) -> Managed | None:
         for ms in self._sessions.values():
@@ -969,11 +1032,19 @@ def _policy(d: Daemon, conn: Conn, req: p.PolicyView) -> p.Reply:
 def _dstatus(d: Daemon, conn: Conn, req: p.DaemonStatus) -> p.Reply:
     with d._lock:
         managed = list(d._sessions.values())
+    from cowork.host.policy import load_policy
+
+    try:
+        pool_size = load_policy(d.paths).vm.pool_size
+    except CoworkError:
+        pool_size = 0
     return p.DaemonInfo(
         pid=os.getpid(),
         uptime_s=round(time.time() - d.started, 1),
         rss_kib=_rss_kib(os.getpid()) or 0,
         sessions=[d.info(ms) for ms in managed],
+        pool_size=pool_size,
+        pools=[p.PoolInfo(**asdict(s) | {"guests": list(s.guests)}) for s in d.pools.status()],
     )
 
 

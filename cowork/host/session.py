@@ -15,6 +15,7 @@ reconnects to it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import re
 import secrets
@@ -246,11 +247,13 @@ class Session:
         backend: VMBackend | None = None,
         progress: Progress | None = None,
         egress: EgressSettings | None = None,
+        pooled: bool = False,
     ) -> Session:
         """Boot a fresh sealed VM for ``workspace`` and connect to it.
 
         Every check of user input happens before anything is created; on any failure
-        after that, everything created is removed again.
+        after that, everything created is removed again. ``pooled`` records the session as
+        waiting in a warm pool (no command finds it until the pool hands it over).
         """
         paths = paths or Paths()
         settings = settings or VMSettings()
@@ -429,6 +432,7 @@ class Session:
                 start_mode=start_mode,
                 changes=settings.workspace_changes,
                 undo_quota_mib=settings.undo_quota_mib,
+                pooled=pooled,
             )  # fmt: skip
             store.save_state(paths, state)
             events.emit(
@@ -575,8 +579,13 @@ def open_session(
     backend: VMBackend | None = None,
     changes_default: str = "direct",
     egress_overrides: dict[str, Any] | None = None,
+    pool: bool = False,
 ) -> Session:
     """A session configured by the effective policy, kept current while it runs.
+
+    ``pool`` opens a guest to wait in a warm pool (:mod:`cowork.host.pool`): it is restored
+    from the quick-start template whatever ``vm.start_mode`` says (a cold boot only when
+    that is not possible), and recorded as waiting so that no command finds it.
 
     ``changes_default`` is the calling command's default for ``workspace.changes``
     (``staged`` for ``cowork run`` and the app, ``direct`` for ``exec``/``shell``); policy
@@ -595,11 +604,15 @@ def open_session(
     watcher.start()
     try:
         policy = watcher.current
+        settings = VMSettings.from_policy(policy, changes_default)
+        if pool:
+            settings = dataclasses.replace(settings, start_mode=warm.RESTORE)
         sess = Session.open(
             resolved,
             paths=paths,
             events=events,
-            settings=VMSettings.from_policy(policy, changes_default),
+            settings=settings,
+            pooled=pool,
             backend=backend,
             progress=progress,
             egress=EgressSettings.from_policy(lambda: watcher.current, **(egress_overrides or {})),

@@ -38,6 +38,9 @@ class SessionState:
     start_mode: str = "cold"  # how the VM started: "cold" boot, "restore" of a template, "pool"
     changes: str = "direct"  # "staged": the workspace is read-only, changes wait for review
     undo_quota_mib: int = 2048
+    #: Waiting in the service's warm pool: not for any command to use until the pool hands
+    #: it to one session (``cowork.host.pool``).
+    pooled: bool = False
 
 
 def save_state(paths: Paths, state: SessionState) -> None:
@@ -73,6 +76,6 @@ def iter_states(paths: Paths) -> Iterator[SessionState]:
 def find_for_workspace(paths: Paths, workspace: Path) -> SessionState | None:
     resolved = str(workspace.expanduser().resolve())
     for state in iter_states(paths):
-        if state.workspace == resolved:
+        if state.workspace == resolved and not state.pooled:
             return state
     return None

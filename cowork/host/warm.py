@@ -391,6 +391,7 @@ __all__ = [
     "build_template",
     "find_template",
     "guest_code_hash",
+    "mark_taken",
     "prepare",
     "prune_stale",
     "remove_template",
@@ -447,15 +448,22 @@ POOL = "pool"
 
 class WarmPool:
     """Sessions restored and ready ahead of time, for one workspace and one set of settings;
-    kept by a long-running owner of sessions (the daemon).
+    kept by a long-running owner of sessions (the daemon, through :mod:`cowork.host.pool`).
 
-    ``opener()`` opens one fresh session (normally ``Session.open(..., start_mode="restore")``):
-    every guest in the pool was restored with its own keys, token, shares and entropy, like
-    any other session. :meth:`take` hands one over (never the same twice) and the pool refills
-    in its background thread; :meth:`close` destroys every guest still waiting.
+    ``opener()`` opens one fresh session (normally ``open_session(..., pool=True)``): every
+    guest in the pool was restored with its own keys, token, shares and entropy, like any
+    other session. :meth:`take` hands one over (never the same twice) and the pool refills in
+    its background thread; :meth:`close` destroys every guest still waiting.
 
     ``size`` 0 means off. ``memory_cap_mib`` bounds the memory of the guests waiting
     (``size`` is lowered to fit, each guest counting ``guest_memory_mib``).
+
+    A fill that fails is never fatal: it emits ``vm.warm`` ``pool-fill-failed`` (with the
+    reason and when the next try is), calls ``on_failure`` with a one-line notice, and the
+    next try waits ``retry_seconds``, doubling after each failure in a row up to
+    ``max_retry_seconds``. A fill that succeeds resets the wait. After a take the refill
+    waits ``refill_delay_seconds``, so the restore does not compete for the CPU with the
+    first commands of the session just handed out.
     """
 
     def __init__(
@@ -467,17 +475,30 @@ class WarmPool:
         memory_cap_mib: int,
         events: EventBus | None = None,
         retry_seconds: float = 30.0,
+        max_retry_seconds: float = 600.0,
+        on_failure: Progress | None = None,
+        label: str = "",
+        refill_delay_seconds: float = 0.0,
     ) -> None:
         import threading
 
         self._opener = opener
         self.size = max(0, min(size, memory_cap_mib // max(1, guest_memory_mib)))
+        self.guest_memory_mib = guest_memory_mib
+        self.label = label
         self._events = events
         self._retry = retry_seconds
+        self._max_retry = max(retry_seconds, max_retry_seconds)
+        self._on_failure = on_failure
+        self._refill_delay = refill_delay_seconds
         self._ready: list[Session] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closed = False
+        #: Fills that failed in a row, the last reason, and when the next fill may start.
+        self.failures = 0
+        self.last_error = ""
+        self._next_try = 0.0
         self._thread: threading.Thread | None = None
         if self.size > 0:
             self._thread = threading.Thread(target=self._fill, name="warm-pool", daemon=True)
@@ -489,22 +510,49 @@ class WarmPool:
         with self._lock:
             return len(self._ready)
 
-    def take(self) -> Session | None:
-        """A ready session, removed from the pool (None when the pool is empty or off)."""
-        t0 = time.monotonic()
+    @property
+    def guests(self) -> list[str]:
+        """Names of the guests waiting, oldest first."""
+        with self._lock:
+            return [s.name for s in self._ready]
+
+    @property
+    def retry_in(self) -> float:
+        """Seconds until the next fill may start (0 when not backing off)."""
+        return max(0.0, self._next_try - time.monotonic()) if self.failures else 0.0
+
+    def pop(self) -> Session | None:
+        """The oldest waiting session, removed from the pool as it is (None when empty).
+        The pool refills in the background; the caller owns the session from now on."""
         with self._lock:
             sess = self._ready.pop(0) if self._ready else None
+            if sess is not None:
+                self._next_try = max(self._next_try, time.monotonic() + self._refill_delay)
         self._wake.set()
+        return sess
+
+    def take(self) -> Session | None:
+        """A ready session, removed from the pool and recorded as started by the pool
+        (None when the pool is empty or off)."""
+        t0 = time.monotonic()
+        sess = self.pop()
         if sess is None:
             return None
-        took = round(time.monotonic() - t0, 3)
-        sess.state = replace(sess.state, start_mode=POOL, boot_seconds=took)
-        from cowork.paths import SESSION_STATE_FILE
-
-        (sess.dir / SESSION_STATE_FILE).write_text(json.dumps(asdict(sess.state), indent=2))
-        if self._events is not None:
-            self._events.emit(Kind.VM_WARM, session=sess.name, phase="taken", seconds=took)
+        mark_taken(sess, time.monotonic() - t0, self._events)
         return sess
+
+    def discard(self, alive: Callable[[Session], bool]) -> list[str]:
+        """Close every waiting guest for which ``alive`` is false (its VM died while it
+        waited); return their names."""
+        with self._lock:
+            dead = [s for s in self._ready if not _safe(alive, s)]
+            self._ready = [s for s in self._ready if s not in dead]
+        for sess in dead:
+            with contextlib.suppress(CoworkError):
+                sess.close()
+        if dead:
+            self._wake.set()
+        return [s.name for s in dead]
 
     def wait_ready(self, count: int, timeout: float) -> bool:
         """Block until ``count`` guests wait in the pool (tests, benchmarks)."""
@@ -517,29 +565,76 @@ class WarmPool:
 
     def _fill(self) -> None:
         while not self._closed:
-            self._wake.wait(timeout=self._retry)
-            self._wake.clear()
-            while not self._closed and self.waiting < self.size:
-                try:
-                    sess = self._opener()
-                except Exception as exc:  # the pool is an optimisation: never fatal
-                    if self._events is not None:
-                        self._events.emit(Kind.VM_WARM, phase="pool-fill-failed", reason=str(exc))
-                    break
-                with self._lock:
-                    if self._closed:
-                        sess.close()
-                        return
+            delay = self._next_try - time.monotonic()
+            if delay > 0:  # backing off: a take does not cut the wait short
+                self._wake.wait(timeout=delay)
+                self._wake.clear()
+                continue
+            if self.waiting >= self.size:
+                self._wake.wait(timeout=self._retry)
+                self._wake.clear()
+                continue
+            try:
+                sess = self._opener()
+            except Exception as exc:  # the pool is an optimisation: never fatal
+                self._failed(exc)
+                continue
+            self.failures, self.last_error = 0, ""
+            with self._lock:
+                if not self._closed:
                     self._ready.append(sess)
+                    continue
+            with contextlib.suppress(CoworkError):
+                sess.close()
 
-    def close(self) -> None:
-        """Stop refilling and destroy every guest still waiting. Idempotent."""
+    def _failed(self, exc: Exception) -> None:
+        self.failures += 1
+        wait = min(self._max_retry, self._retry * 2 ** (self.failures - 1))
+        self._next_try = time.monotonic() + wait
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        self.last_error = reason
+        if self._events is not None:
+            self._events.emit(
+                Kind.VM_WARM, phase="pool-fill-failed", reason=reason,
+                failures=self.failures, retry_s=round(wait, 2), workspace=self.label or None,
+            )  # fmt: skip
+        if self._on_failure is not None:
+            where = f" for {self.label}" if self.label else ""
+            self._on_failure(
+                f"warm pool{where}: could not get a VM ready ({reason}); "
+                f"trying again in {wait:.0f} s"
+            )
+
+    def close(self, wait: bool = True) -> None:
+        """Stop refilling and destroy every guest still waiting. Idempotent. With ``wait``
+        false a fill under way is not waited for (it closes its guest when it ends)."""
         self._closed = True
         self._wake.set()
-        if self._thread is not None:
+        if wait and self._thread is not None:
             self._thread.join(timeout=TEMPLATE_BOOT_TIMEOUT)
         with self._lock:
             ready, self._ready = self._ready, []
         for sess in ready:
             with contextlib.suppress(CoworkError):
                 sess.close()
+
+
+def _safe(alive: Callable[[Session], bool], sess: Session) -> bool:
+    try:
+        return alive(sess)
+    except Exception:
+        return False
+
+
+def mark_taken(sess: Session, seconds: float, events: EventBus | None) -> None:
+    """Record ``sess`` as started by the pool, ``seconds`` after it was asked for, and no
+    longer waiting (so it shows as an ordinary session from now on)."""
+    from cowork.host.session_store import save_state
+
+    took = round(seconds, 3)
+    sess.state = replace(
+        sess.state, start_mode=POOL, boot_seconds=took, created_at=time.time(), pooled=False
+    )
+    save_state(sess.paths, sess.state)
+    if events is not None:
+        events.emit(Kind.VM_WARM, session=sess.name, phase="taken", seconds=took)

@@ -64,6 +64,25 @@ def test_replies_and_events_round_trip():
         p.ApprovalAnswerReply(id=7, accepted=True, allow=False),
         p.PolicyReply(id=8, session="n", policy={"a": 1}),
         p.DaemonInfo(id=9, pid=1, uptime_s=1.0, rss_kib=10, sessions=[info]),
+        p.DaemonInfo(
+            id=9,
+            pid=1,
+            uptime_s=1.0,
+            rss_kib=10,
+            pool_size=1,
+            pools=[
+                p.PoolInfo(
+                    workspace="/w",
+                    changes="direct",
+                    size=1,
+                    waiting=1,
+                    guests=["cowork-w-1"],
+                    failures=2,
+                    retry_in_s=30.0,
+                    last_error="no VM",
+                )
+            ],
+        ),
         p.ChangeSets(id=10, sets=[changes_info], undo=["r1"]),
         p.ChangeSetReply(id=11, set=changes_info, entries=[entry], total=3, next_offset=1),
         p.ChangesApplied(id=12, record="r1", applied=["a"], conflicts=[entry], refused=[refusal]),

@@ -169,16 +169,18 @@ def test_the_template_marker_wait_reports_a_failed_guest(tmp_path):
 class FakeSession:
     """Just enough of a Session for the pool: a state, a folder, and close()."""
 
-    def __init__(self, root: Path, n: int) -> None:
+    def __init__(self, root: Path, n: int, workspace: str = "/w") -> None:
         from cowork.host.session import SessionState
 
         self.state = SessionState(
-            name=f"cowork-p-{n}", workspace="/w", created_at=0.0, boot_seconds=3.0,
+            name=f"cowork-p-{n}", workspace=workspace, created_at=0.0, boot_seconds=3.0,
             accel="tcg", uri="", mounts=[], host_public_key=f"k{n}", agent_uid=1,
-            agent_gid=1, image_recipe="r", start_mode="restore",
+            agent_gid=1, image_recipe="r", start_mode="restore", pooled=True,
         )  # fmt: skip
-        self.dir = root / self.state.name
-        self.dir.mkdir()
+        self.paths = Paths.under(root)
+        self.dir = self.paths.session_dir(self.state.name)
+        self.dir.mkdir(parents=True)
+        self.policy = None
         self.closed = False
 
     @property
@@ -211,7 +213,7 @@ def test_the_pool_hands_out_each_guest_once_and_refills(tmp_path):
         assert first is not None and second is not None and first is not second
         assert first.state.start_mode == warm.POOL
         saved = json.loads((first.dir / "session.json").read_text())
-        assert saved["start_mode"] == "pool"
+        assert saved["start_mode"] == "pool" and saved["pooled"] is False
         assert pool.wait_ready(2, timeout=10)
         taken = {first.name, second.name}
         assert all(s.name not in taken for s in pool._ready)

@@ -377,6 +377,9 @@ class LibvirtBackend:
             work_file.unlink(missing_ok=True)
             raise BackendError(f"the saved VM {state_file} is unusable: {exc}") from exc
         conn = self._connect()
+        # Said before the VM exists, as for a definition: whoever records VMs to clean up
+        # after a crash (the service) must know this one too.
+        self._emit(Kind.VM_CREATING, name=spec.name, accel=str(spec.accel), restored=True)
         try:
             conn.restoreFlags(str(work_file), xml, 0)
         except libvirt.libvirtError as exc:
