@@ -201,7 +201,7 @@ def _exporter(tmp_path: Path, receiver, **kw: Any) -> tuple[Exporter, list[tuple
         protocol=receiver.protocol,
         queue_dir=tmp_path / "queue",
         flush_interval=0.1,
-        timeout=1.0,
+        timeout=5.0,  # generous: a reply slower than this is resent (and arrives twice)
         backoff_initial=0.1,
         backoff_max=0.5,
         **kw,
