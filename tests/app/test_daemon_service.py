@@ -20,43 +20,18 @@ from cowork.app.daemon_service import DaemonService
 from cowork.app.service import ChangeKind, CheckId, ServiceUnavailable, SessionState
 from cowork.daemon.server import Daemon
 from cowork.errors import UsageError
-from cowork.host.channel_fake import FakeChannel
 from cowork.host.events import Event, EventBus, Kind
-from cowork.host.policy.effective import build
 from cowork.host.secrets import KeyringSecrets, MemoryKeyring
-from cowork.host.trust import TrustStore
 from cowork.paths import Paths
+from tests.daemon.conftest import FakeBackend, FakeSession
 
 
-class LocalSession:
-    count = 0
+class LocalSession(FakeSession):
+    """A fake session (tests/daemon/conftest.py) that also says its VM is ready."""
 
     def __init__(self, workspace: Path, paths: Paths, events: EventBus) -> None:
-        LocalSession.count += 1
-        self.name = f"local-{LocalSession.count}"
-        self.workspace = workspace
-        self.paths = paths
-        self.events = events
-        self.gateway = None
-        self.channel = FakeChannel(workspace)
-        trust = TrustStore(paths.trust_store)
-        self.policy = build(paths, workspace, trust)
-        self.policy_watcher = SimpleNamespace(trust=trust, current=self.policy)
-        # Files are written straight into the folder (no overlay without a VM).
-        self.state = SimpleNamespace(
-            accel="tcg", boot_seconds=0.1, changes="direct", start_mode="cold",
-            agent_uid=1000, agent_gid=1000,
-            mounts=[{"target": "/workspace", "readonly": False, "source": str(workspace)}],
-        )  # fmt: skip
-        self.outbound = None
-        self.backend = SimpleNamespace(
-            status=lambda n: SimpleNamespace(state=SimpleNamespace(value="running"))
-        )
-        events.emit(Kind.VM_CREATING, name=self.name)
+        super().__init__(workspace, paths, events, FakeBackend())
         events.emit(Kind.VM_READY, session=self.name, boot_seconds=0.1, accel="tcg")
-
-    def close(self) -> None:
-        pass
 
 
 class Running:
