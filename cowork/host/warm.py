@@ -12,7 +12,10 @@ own shares, channel socket and console log, a fresh UUID and VM generation ID, a
 session seed (same size as the template's: the guest's disk size is part of its saved
 state). The session seed carries the session's keys, mounts and environment as for a cold
 boot, plus fresh host entropy; the guest mixes it in and forces a reseed (and checks the
-vmgenid driver) before anything else, and refuses to serve otherwise.
+vmgenid driver) before anything else, and refuses to serve otherwise. The seed disk may be
+empty at the restore (:func:`placeholder_seed`): the guest polls it until the host writes
+the session seed in place (:func:`write_seed_in_place`), so what the seed needs (the egress
+gateway's token and CA) can be made while the VM is being restored.
 
 Contract:
 - A template is used only when its manifest records exactly the key asked for; a template of
