@@ -9,6 +9,9 @@ Contract:
   verifies that the guest's host key is EXACTLY the pinned one. A different key is refused at
   once (never trust-on-first-use, never retried); anything else that fails is retried on a
   fresh connection with backoff until the timeout, because the guest may still be booting.
+  A try that heard nothing back (the guest has not opened its port) keeps its connection
+  and sends a fresh SYNC on it: QEMU reads nothing from a port the guest has not opened, so
+  abandoned connections would queue up and be served, stale, before the live one.
 - One transport per VM; every method may be called from several threads at once.
 - Every command runs in its own process group (:func:`job_script`), so a timeout or an
   interrupt kills the command and all its children (:func:`kill_script`, on a second session).
@@ -252,20 +255,34 @@ def _recv_exact(sock: socket.socket, n: int) -> None:
         n -= len(got)
 
 
+class NoAnswer(TimeoutError):
+    """Nothing at all came back before the deadline: the guest has not read the port yet."""
+
+
 def await_ack(sock: socket.socket, nonce: str, deadline: float) -> int:
     """Consume the stream up to and including ``ACK <nonce>\\n``; bytes discarded before it.
 
     Nothing after the ACK line is consumed (it is the start of sshd's banner): the socket is
-    read with MSG_PEEK and only the bytes known to come before the ACK are taken.
+    read with MSG_PEEK and only the bytes known to come before the ACK are taken. Raises
+    TimeoutError at the deadline, :class:`NoAnswer` when not a single byte arrived.
     """
     ack = ACK_PREFIX + nonce.encode("ascii") + b"\n"
     discarded = 0
+    heard = False
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
+            if not heard:
+                raise NoAnswer("the guest did not answer the handshake")
             raise TimeoutError("the guest did not acknowledge the handshake")
         sock.settimeout(remaining)
-        data = sock.recv(_CHUNK, socket.MSG_PEEK)
+        try:
+            data = sock.recv(_CHUNK, socket.MSG_PEEK)
+        except TimeoutError:
+            if not heard:
+                raise NoAnswer("the guest did not answer the handshake") from None
+            raise
+        heard = True
         if not data:
             raise EOFError("the channel closed during the handshake")
         at = data.find(ack)
@@ -473,21 +490,27 @@ class Channel:
         per_try = attempt_timeout
         last = "nothing answered"
         attempts = 0
+        # A try that heard nothing back keeps its connection for the next SYNC: QEMU does not
+        # read a port the guest has not opened, so it would not notice a closed connection
+        # either, and would hand the guest each abandoned connection's SYNC in turn first.
+        sock: socket.socket | None = None
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                _abort_socket(sock)
                 raise ChannelError(
                     f"the guest did not answer on its private channel {socket_path} within "
                     f"{timeout:.0f} s after {attempts} tries (last problem: {last}); "
                     "check the guest console log"
                 )
             attempts += 1
-            sock: socket.socket | None = None
             transport: paramiko.Transport | None = None
             try:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                if sock is None:
+                    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    sock.settimeout(min(remaining, per_try))
+                    sock.connect(str(socket_path))
                 sock.settimeout(min(remaining, per_try))
-                sock.connect(str(socket_path))
                 nonce = secrets.token_hex(16)
                 sock.sendall(SYNC_PREFIX + nonce.encode("ascii") + b"\n")
                 await_ack(sock, nonce, min(deadline, time.monotonic() + per_try))
@@ -508,9 +531,16 @@ class Channel:
                     with suppress(Exception):
                         transport.close()
                 raise
+            except NoAnswer as exc:
+                # Still connected and nothing came back: the next try sends a fresh SYNC on
+                # this connection (a guest that reads them all at once answers the last).
+                last = f"{type(exc).__name__}: {exc}"
+                per_try = min(per_try * 1.5, max(attempt_timeout, 5.0))
+                continue
             except (OSError, EOFError, paramiko.SSHException) as exc:
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 _abort_socket(sock)
+                sock = None
                 if transport is not None:
                     with suppress(Exception):
                         transport.close()

@@ -36,6 +36,11 @@ Contract:
 - :func:`verify` re-hashes every file listed in the manifest (sha256, full) and raises
   :class:`~cowork.errors.ImageError` naming the first file that is missing or differs.
   Measured: ~0.3-0.6 s for the ~440 MB image with a warm page cache (~700-950 MB/s).
+- :func:`ensure` (every session start) uses :func:`verify_unchanged`: a full verification is
+  recorded in the image folder with each file's inode, size, modification and change time,
+  and reused only while all of them are unchanged; any change is hashed again and a file
+  that differs is refused as by :func:`verify`. ``cowork image info`` and ``cowork doctor``
+  always hash in full.
 - ``build(force=True)`` replaces the image in place. Two builds of one recipe are not
   byte-identical (timestamps, file system UUID, newer security updates), so an overlay kept
   from an earlier session must not outlive a forced rebuild of its base.
@@ -367,6 +372,72 @@ def verify(info_or_dir: ImageInfo | Path) -> ImageInfo:
     return info
 
 
+#: Where :func:`verify_unchanged` records a full verification, in the image's folder.
+VERIFIED_FILE = "verified.json"
+#: A file changed less than this long before a verification may change again without its
+#: change time moving (file systems stamp times at a clock tick); such a result is not kept.
+SETTLE_SECONDS = 2.0
+
+
+def _signatures(directory: Path, names: Iterable[str]) -> dict[str, list[int]] | None:
+    """Device, inode, size, modification and change time (ns) of the manifest and ``names``;
+    None when one is missing. Any write, truncation, replacement or ``touch`` of a file
+    changes its change time (which no user call can set back) or its inode."""
+    out: dict[str, list[int]] = {}
+    for name in (IMAGE_MANIFEST_FILE, *names):
+        try:
+            st = os.stat(directory / name)
+        except OSError:
+            return None
+        out[name] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    return out
+
+
+def _verified_record(info: ImageInfo, signatures: Mapping[str, list[int]]) -> dict[str, Any]:
+    return {"files": dict(info.files), "signatures": dict(signatures)}
+
+
+def verify_unchanged(directory: Path, *, settle: float | None = None) -> ImageInfo:
+    """:func:`verify`, but a full verification is reused while the manifest and every file
+    of the image are exactly as they were then (same inode, size, modification and change
+    time); anything else is hashed again, so a changed image still fails closed.
+
+    The record of a verification is kept in ``VERIFIED_FILE`` in the image's folder (only
+    when no file changed in the ``settle`` seconds before it, and none during it); an image
+    folder that cannot be written is verified in full every time. ``settle`` defaults to
+    :data:`SETTLE_SECONDS`."""
+    settle = SETTLE_SECONDS if settle is None else settle
+    started = time.time_ns()
+    info = load(directory)
+    before = _signatures(directory, info.files)
+    record_path = directory / VERIFIED_FILE
+    if before is not None:
+        try:
+            recorded = json.loads(record_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            recorded = None
+        if recorded == _verified_record(info, before):
+            return info
+    verified = verify(directory)
+    after = _signatures(directory, verified.files)
+    settled = before is not None and all(
+        sig[4] <= started - int(settle * 1e9) for sig in before.values()
+    )
+    if after is not None and after == before and settled:
+        text = json.dumps(_verified_record(verified, after), sort_keys=True)
+        with contextlib.suppress(OSError):
+            fd, tmp = tempfile.mkstemp(prefix=f".{VERIFIED_FILE}.", dir=directory)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(text + "\n")
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, record_path)
+            except OSError:
+                os.unlink(tmp)
+                raise
+    return verified
+
+
 def write_manifest(directory: Path, *, recipe: str, kernel_version: str) -> ImageInfo:
     files = {}
     for name in IMAGE_FILES:
@@ -637,8 +708,11 @@ def find(paths: Paths) -> ImageInfo:
 
 
 def ensure(paths: Paths, progress: Progress | None = None) -> ImageInfo:
-    """The verified image for the current recipe, building it first if it is not there."""
+    """The verified image for the current recipe, building it first if it is not there.
+
+    A full verification is reused while no file of the image changed since
+    (:func:`verify_unchanged`)."""
     directory = paths.image_dir(recipe_hash())
     if not _manifest_path(directory).is_file():
         build(paths, progress=progress)
-    return verify(directory)
+    return verify_unchanged(directory)

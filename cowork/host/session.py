@@ -14,6 +14,7 @@ reconnects to it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -22,7 +23,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -284,6 +285,7 @@ class Session:
         created: list[Path] = []
         defined = False
         gateway: Gateway | None = None
+        gateway_start: concurrent.futures.Future[Gateway] | None = None
         channel: Channel | None = None
         monitor: MonitorReader | None = None
         try:
@@ -321,12 +323,14 @@ class Session:
                                       shares=shares),
                     backend, create_overlay=disks.create_overlay, events=events, say=say,
                 )  # fmt: skip
-            seed_env: dict[str, str] = {}
-            ca_certs: tuple[str, ...] = ()
-            if egress is not None:
+            if egress is not None and template is not None:
+                # The gateway process takes about a second to start: it starts beside the
+                # restore, and the restored guest waits for its seed (written by arm()).
+                pending = concurrent.futures.ThreadPoolExecutor(1, "cowork-gateway-start")
+                gateway_start = pending.submit(start_gateway, egress, events, sdir)
+                pending.shutdown(wait=False)
+            elif egress is not None:
                 gateway = start_gateway(egress, events, sdir)
-                seed_env = gateway.guest_environment(GUEST_CA_BUNDLE, contract.PROXY_PORT)
-                ca_certs = (gateway.ca_cert_pem.decode(),)
             host_priv, host_pub = keys.ed25519_pair()
             client_priv, client_pub = keys.ed25519_pair()
             keys.write_private(sdir / CLIENT_KEY_FILE, client_priv)
@@ -337,17 +341,34 @@ class Session:
                 agent_uid=identity.uid,
                 agent_gid=identity.gid,
                 mounts=ws_mod.guest_mounts(shares),
-                env=seed_env,
-                ca_certs=ca_certs,
                 guest_code=contract.guest_code_files(),
                 staged=staged,
             )
-            if template is not None:
-                seed = warm.session_seed(seed)
-                keys.write_private(sdir / SEED_FILE, warm.seed_bytes(seed))
-            else:
-                keys.write_private(sdir / SEED_FILE, contract.encode_seed(seed))
             del host_priv
+
+            def with_gateway(seed: contract.Seed) -> contract.Seed:
+                """``seed`` with the way out (proxy and CA) of the session's gateway."""
+                nonlocal gateway
+                if gateway_start is not None and gateway is None:
+                    gateway = gateway_start.result()
+                if gateway is None:
+                    return seed
+                return replace(
+                    seed,
+                    env=gateway.guest_environment(GUEST_CA_BUNDLE, contract.PROXY_PORT),
+                    ca_certs=(gateway.ca_cert_pem.decode(),),
+                )
+
+            def arm() -> None:
+                nonlocal seed
+                seed = warm.session_seed(with_gateway(seed))
+                warm.write_seed_in_place(sdir / SEED_FILE, warm.seed_bytes(seed))
+
+            if template is not None:
+                keys.write_private(sdir / SEED_FILE, warm.placeholder_seed())
+            else:
+                seed = with_gateway(seed)
+                keys.write_private(sdir / SEED_FILE, contract.encode_seed(seed))
             overlay = sdir / OVERLAY_FILE
             disks.create_overlay(template.disk if template else info.base_disk, overlay)
 
@@ -370,14 +391,15 @@ class Session:
             start_mode = warm.COLD
             if template is not None:
                 channel = warm.restore(
-                    template, spec, backend, paths=paths, events=events, say=say,
+                    template, spec, backend, paths=paths, events=events, say=say, arm=arm,
                     connect=lambda timeout: Channel.connect(
                         spec.channel_socket, host_key=host_pub, client_key=client_priv,
                         user=contract.AGENT_USER, timeout=timeout, events=events,
                     ),
                 )  # fmt: skip
                 if channel is None:  # fell back: boot cold over the image's own disk
-                    keys.write_private(sdir / SEED_FILE, contract.encode_seed(warm.cold_seed(seed)))
+                    seed = warm.cold_seed(with_gateway(seed))
+                    keys.write_private(sdir / SEED_FILE, contract.encode_seed(seed))
                     overlay.unlink()
                     disks.create_overlay(info.base_disk, overlay)
                 else:
@@ -451,6 +473,9 @@ class Session:
             sess.monitor, monitor = monitor, None
             return sess
         except BaseException as exc:
+            if gateway_start is not None and gateway is None:
+                with contextlib.suppress(Exception):
+                    gateway = gateway_start.result()
             if monitor is not None:
                 monitor.stop()
             if channel is not None:

@@ -12,7 +12,10 @@ own shares, channel socket and console log, a fresh UUID and VM generation ID, a
 session seed (same size as the template's: the guest's disk size is part of its saved
 state). The session seed carries the session's keys, mounts and environment as for a cold
 boot, plus fresh host entropy; the guest mixes it in and forces a reseed (and checks the
-vmgenid driver) before anything else, and refuses to serve otherwise.
+vmgenid driver) before anything else, and refuses to serve otherwise. The seed disk may be
+empty at the restore (:func:`placeholder_seed`): the guest polls it until the host writes
+the session seed in place (:func:`write_seed_in_place`), so what the seed needs (the egress
+gateway's token and CA) can be made while the VM is being restored.
 
 Contract:
 - A template is used only when its manifest records exactly the key asked for; a template of
@@ -206,6 +209,29 @@ def seed_bytes(seed: contract.Seed) -> bytes:
     return data + b"\0" * (WARM_SEED_BYTES - len(data))
 
 
+def placeholder_seed() -> bytes:
+    """A seed disk with no seed on it yet: a restored guest keeps polling it (see
+    :func:`write_seed_in_place`)."""
+    return b"\0" * WARM_SEED_BYTES
+
+
+def write_seed_in_place(path: Path, data: bytes) -> None:
+    """Write ``data`` over the seed disk file ``path`` that a restored VM already has open
+    (same size, never truncated). The guest polls the disk past its page cache; a read
+    during the write finds no complete seed and is simply repeated."""
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        size = os.fstat(fd).st_size
+        if size != len(data):
+            raise BackendError(f"the seed disk {path} is {size} bytes, not {len(data)}")
+        view = memoryview(data)
+        offset = 0
+        while offset < len(data):
+            offset += os.pwrite(fd, view[offset:], offset)
+    finally:
+        os.close(fd)
+
+
 def session_seed(seed: contract.Seed) -> contract.Seed:
     """``seed`` with fresh host entropy and the generation ID flag, for a restored guest."""
     entropy = base64.b64encode(secrets.token_bytes(contract.ENTROPY_BYTES)).decode()
@@ -392,6 +418,7 @@ __all__ = [
     "find_template",
     "guest_code_hash",
     "mark_taken",
+    "placeholder_seed",
     "prepare",
     "prune_stale",
     "remove_template",
@@ -400,6 +427,7 @@ __all__ = [
     "session_seed",
     "template_key",
     "template_seed",
+    "write_seed_in_place",
 ]
 
 
@@ -412,9 +440,15 @@ def restore(
     paths: Paths,
     events: EventBus,
     say: Progress,
+    arm: Callable[[], None] | None = None,
 ) -> Channel | None:
     """Restore ``spec`` from ``template`` and connect; None (with a notice, the VM gone and
-    the template removed) when the restore fails or the guest is not ready in time."""
+    the template removed) when the restore fails or the guest is not ready in time.
+
+    ``arm()``, when given, runs once the VM is restored and before connecting: it writes the
+    session seed (:func:`write_seed_in_place`) that the guest has been waiting for, so that
+    what the seed needs (the egress gateway) can start beside the restore. Whatever it
+    raises destroys the VM and propagates (no fallback: a cold boot would need it too)."""
     if not isinstance(backend, SaveRestoreBackend):
         notice(events, say, f"the {backend.capabilities.name} backend cannot restore a VM")
         return None
@@ -425,6 +459,13 @@ def restore(
         remove_template(paths, template.key)
         notice(events, say, f"the template could not be restored ({exc})", spec.name)
         return None
+    try:
+        if arm is not None:
+            arm()
+    except BaseException:
+        with contextlib.suppress(CoworkError):
+            backend.destroy(spec.name)
+        raise
     try:
         channel = connect(min(RESTORE_READY_TIMEOUT, TEMPLATE_BOOT_TIMEOUT))
     except ChannelError as exc:

@@ -226,6 +226,89 @@ def test_ensure_verifies_an_existing_image_without_building(tmp_path):
         image.ensure(paths)
 
 
+def _count_hashes(monkeypatch):
+    hashed = []
+    real = image.sha256_file
+
+    def counting(path):
+        hashed.append(path.name)
+        return real(path)
+
+    monkeypatch.setattr(image, "sha256_file", counting)
+    return hashed
+
+
+def test_an_unchanged_image_is_hashed_once(tmp_path, monkeypatch):
+    d = _fake_image(tmp_path / "img")
+    hashed = _count_hashes(monkeypatch)
+    assert image.verify_unchanged(d, settle=0).files == image.load(d).files
+    assert sorted(hashed) == sorted(image.IMAGE_FILES)
+    assert (d / image.VERIFIED_FILE).is_file()
+    assert image.verify_unchanged(d, settle=0) == image.load(d)
+    assert len(hashed) == 3
+
+
+def _set_back_mtime_until_ctime_moves(path, st):
+    """Put the modification time back as it was; the change time moves on regardless (file
+    systems stamp it at a clock tick: repeat until the tick has passed)."""
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    while path.stat().st_ctime_ns == st.st_ctime_ns:
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+@pytest.mark.parametrize("how", ["appended", "replaced", "rewritten in place", "manifest"])
+def test_a_changed_image_is_hashed_again_and_refused(tmp_path, monkeypatch, how):
+    d = _fake_image(tmp_path / "img")
+    image.verify_unchanged(d, settle=0)
+    hashed = _count_hashes(monkeypatch)
+    disk = d / image.BASE_DISK_FILE
+    if how == "appended":
+        with disk.open("ab") as f:
+            f.write(b"x")
+    elif how == "replaced":  # same size, another file
+        (d / "new").write_bytes(b"DISK" * 1000)
+        os.replace(d / "new", disk)
+    elif how == "rewritten in place":  # same size, same inode, modification time put back
+        st = disk.stat()
+        with disk.open("r+b") as f:
+            f.write(b"DISK")
+        _set_back_mtime_until_ctime_moves(disk, st)
+    else:
+        manifest = d / "manifest.json"
+        obj = json.loads(manifest.read_text())
+        obj["files"]["base.qcow2"]["sha256"] = "0" * 64
+        manifest.write_text(json.dumps(obj))
+    with pytest.raises(ImageError, match=r"base\.qcow2 does not match its manifest"):
+        image.verify_unchanged(d, settle=0)
+    assert "base.qcow2" in hashed
+    with pytest.raises(ImageError, match=r"base\.qcow2 does not match"):
+        image.verify_unchanged(d, settle=0)  # and again: a failure is never recorded
+
+
+def test_a_verification_of_files_changed_just_before_is_not_reused(tmp_path, monkeypatch):
+    d = _fake_image(tmp_path / "img")
+    hashed = _count_hashes(monkeypatch)
+    image.verify_unchanged(d, settle=3600)
+    image.verify_unchanged(d, settle=3600)
+    assert len(hashed) == 6
+    assert not (d / image.VERIFIED_FILE).exists()
+
+
+def test_ensure_reuses_a_verification_and_refuses_a_changed_file(tmp_path, monkeypatch):
+    paths = Paths.under(tmp_path)
+    d = _fake_image(paths.image_dir(image.recipe_hash()))
+    monkeypatch.setattr(image, "SETTLE_SECONDS", 0.0)
+    image.ensure(paths)
+    hashed = _count_hashes(monkeypatch)
+    assert image.ensure(paths).dir == d
+    assert hashed == []
+    st = (d / "vmlinuz").stat()
+    (d / "vmlinuz").write_bytes(b"KERNEL")
+    _set_back_mtime_until_ctime_moves(d / "vmlinuz", st)
+    with pytest.raises(ImageError, match="vmlinuz"):
+        image.ensure(paths)
+
+
 # --- recipe hooks (images/prepare.py) ------------------------------------------------------------
 def _prepare():
     spec = importlib.util.spec_from_file_location("prepare", image.recipe_dir() / "prepare.py")

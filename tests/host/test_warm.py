@@ -274,3 +274,98 @@ def test_templates_of_an_older_image_or_guest_code_are_pruned(paths):
     removed = warm.prune_stale(paths, current)
     assert sorted(removed) == sorted(stale)
     assert all(d.is_dir() for d in keep) and odd.is_dir()
+
+
+# --- the session seed arrives after the restore ---------------------------------------------
+class RestoringBackend:
+    """Records restore, destroy and the steps around them (no VM)."""
+
+    capabilities = BackendCapabilities(
+        name="fake-restore",
+        shared_folder_transports=("9p",),
+        readonly_shares_enforced_by_host=True,
+        channel_kinds=("virtio-serial",),
+        accelerators=(Accel.TCG,),
+        save_restore=True,
+    )
+
+    def __init__(self, steps: list[str]) -> None:
+        self.steps = steps
+
+    def validate(self, spec): ...
+    def create(self, spec): ...
+    def start(self, name): ...
+    def stop(self, name, timeout): ...
+    def status(self, name): ...
+    def list(self):
+        return []
+
+    def save(self, name, state_file): ...
+
+    def restore(self, state_file, spec, work_file):
+        self.steps.append("restore")
+
+    def destroy(self, name):
+        self.steps.append("destroy")
+
+
+class _Spec:
+    name = "cowork-ws-1"
+    disk = Path("/nonexistent/overlay.qcow2")
+
+
+def _restore(paths, steps, arm):
+    k = key()
+    install(paths, k)
+    template = warm.find_template(paths, k)
+    assert template is not None
+
+    def connect(_timeout):
+        steps.append("connect")
+        return "channel"
+
+    bus, rec, said = EventBus(), Recorder(), []
+    bus.subscribe(rec)
+    got = warm.restore(
+        template, _Spec(), RestoringBackend(steps), connect=connect,  # type: ignore[arg-type]
+        paths=paths, events=bus, say=said.append, arm=arm,
+    )  # fmt: skip
+    return got, template, rec
+
+
+def test_the_seed_is_armed_after_the_restore_and_before_the_connect(paths):
+    steps: list[str] = []
+    got, _, _ = _restore(paths, steps, lambda: steps.append("arm"))
+    assert got == "channel"
+    assert steps == ["restore", "arm", "connect"]
+
+
+def test_a_failing_arm_destroys_the_restored_vm_and_propagates(paths):
+    from cowork.errors import EgressError
+
+    steps: list[str] = []
+
+    def arm():
+        raise EgressError("the egress gateway could not start")
+
+    with pytest.raises(EgressError):
+        _restore(paths, steps, arm)
+    assert steps == ["restore", "destroy"]
+    assert warm.find_template(paths, key()) is not None  # not the template's fault
+
+
+def test_the_seed_is_written_in_place_over_a_placeholder_the_guest_skips(tmp_path):
+    from cowork.guest import init
+
+    path = tmp_path / "seed.img"
+    path.write_bytes(warm.placeholder_seed())
+    inode = path.stat().st_ino
+    with pytest.raises(init.InitError):  # the restored guest keeps polling
+        init.read_seed(str(path))
+    data = warm.seed_bytes(warm.session_seed(warm.template_seed("s")))
+    warm.write_seed_in_place(path, data)
+    assert path.stat().st_ino == inode
+    assert path.read_bytes() == data
+    assert init.read_seed(str(path)).session == "s"
+    with pytest.raises(Exception, match=r"seed\.img is 4194304 bytes, not 3"):
+        warm.write_seed_in_place(path, b"abc")
