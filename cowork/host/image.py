@@ -123,6 +123,12 @@ class ImageInfo:
     kernel_cmdline: str
     kernel_version: str = ""
 
+    def identity(self) -> str:
+        """sha256 of this build: its recipe and the checksums of its files (a rebuild with
+        the same recipe is another build)."""
+        text = json.dumps([self.recipe_hash, sorted(self.files.items())])
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
 
 # --- pure parts ------------------------------------------------------------------------------
 def _recipe_files(root: Path) -> list[Path]:

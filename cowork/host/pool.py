@@ -108,10 +108,9 @@ def policy_digest(policy: Policy) -> str:
 
 
 def image_digest(info: ImageInfo) -> str:
-    """sha256 of an image's identity: its recipe and the checksums of its built files (a
-    rebuilt image is another image even with the same recipe)."""
-    text = json.dumps([info.recipe_hash, sorted(info.files.items())])
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
+    """The image build's identity (a rebuilt image is another image even with the same
+    recipe)."""
+    return info.identity()
 
 
 def plan(paths: Paths, workspace: str, changes_default: str) -> PoolPlan:

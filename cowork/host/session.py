@@ -320,7 +320,7 @@ class Session:
                     paths, info,
                     warm.template_key(info.recipe_hash, cpus=settings.cpus,
                                       memory_mib=settings.memory_mib, accel=choice.accel,
-                                      shares=shares),
+                                      shares=shares, image_build=info.identity()),
                     backend, create_overlay=disks.create_overlay, events=events, say=say,
                 )  # fmt: skip
             if egress is not None and template is not None:

@@ -91,6 +91,9 @@ class TemplateKey:
     memory_mib: int
     accel: str
     shares: tuple[tuple[str, bool], ...]  # (tag, read-only) in device order
+    #: The image build (ImageInfo.identity): a template's saved memory holds the page cache
+    #: of one base disk, so a rebuild with the same recipe needs a new template.
+    image_build: str = ""
     format: int = TEMPLATE_FORMAT
 
     def digest(self) -> str:
@@ -116,9 +119,11 @@ def template_key(
     accel: Accel,
     shares: tuple[Share, ...],
     guest_code: str | None = None,
+    image_build: str = "",
 ) -> TemplateKey:
     return TemplateKey(
         image_recipe=image_recipe,
+        image_build=image_build,
         guest_code=guest_code or guest_code_hash(),
         cpus=cpus,
         memory_mib=memory_mib,
@@ -177,8 +182,8 @@ def remove_template(paths: Paths, key: TemplateKey) -> None:
 
 
 def prune_stale(paths: Paths, current: TemplateKey) -> list[Path]:
-    """Remove templates of another image or guest code than ``current`` (they can never be
-    used again: each image or guest code change makes new ones). Other sizes are kept."""
+    """Remove templates of another image (recipe or build) or guest code than ``current``
+    (they can never be used again: each such change makes new ones). Other sizes are kept."""
     removed: list[Path] = []
     if not paths.templates.is_dir():
         return removed
@@ -189,8 +194,9 @@ def prune_stale(paths: Paths, current: TemplateKey) -> list[Path]:
             key = json.loads((directory / MANIFEST_FILE).read_text())["key"]
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not a template we understand: leave it alone
-        if (key.get("image_recipe"), key.get("guest_code")) != (
+        if (key.get("image_recipe"), key.get("image_build", ""), key.get("guest_code")) != (
             current.image_recipe,
+            current.image_build,
             current.guest_code,
         ):
             shutil.rmtree(directory, ignore_errors=True)

@@ -28,6 +28,7 @@ def key(**overrides: object) -> warm.TemplateKey:
         "accel": Accel.TCG,
         "shares": SHARES,
         "guest_code": "g1",
+        "image_build": "b1",
     }
     args.update(overrides)
     recipe = str(args.pop("image_recipe", "r1"))
@@ -55,6 +56,7 @@ def test_the_key_changes_with_image_guest_code_size_and_shares():
     assert key() == base and key().digest() == base.digest()
     others = [
         key(image_recipe="r2"),
+        key(image_build="b2"),
         key(guest_code="g2"),
         key(cpus=4),
         key(memory_mib=2048),
@@ -84,7 +86,9 @@ def test_a_complete_template_is_found(paths):
     assert found is not None and found.dir == d and found.state_file == d / warm.STATE_FILE
 
 
-@pytest.mark.parametrize("older", [{"image_recipe": "r0"}, {"guest_code": "g0"}])
+@pytest.mark.parametrize(
+    "older", [{"image_recipe": "r0"}, {"image_build": "b0"}, {"guest_code": "g0"}]
+)
 def test_a_template_of_an_older_image_or_guest_code_is_not_used(paths, older):
     current, old = key(), key(**older)
     install(paths, old)
@@ -268,7 +272,11 @@ def test_a_failing_fill_is_reported_not_raised(tmp_path):
 def test_templates_of_an_older_image_or_guest_code_are_pruned(paths):
     current = key()
     keep = [install(paths, current), install(paths, key(cpus=4))]
-    stale = [install(paths, key(image_recipe="r0")), install(paths, key(guest_code="g0"))]
+    stale = [
+        install(paths, key(image_recipe="r0")),
+        install(paths, key(image_build="b0")),  # the same recipe, built again
+        install(paths, key(guest_code="g0")),
+    ]
     odd = paths.templates / "not-a-template"
     odd.mkdir()
     removed = warm.prune_stale(paths, current)
