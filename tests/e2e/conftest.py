@@ -68,6 +68,19 @@ def expected_owner() -> tuple[int, int]:
     return ROOT_RUN_WORKSPACE_OWNER if os.getuid() == 0 else (os.getuid(), os.getgid())
 
 
+def sample_folders(root: Path) -> tuple[Path, Path, Path]:
+    """A workspace with one file, a user ``.claude`` with settings, and a file outside both
+    (which no guest may see), under ``root``."""
+    ws = make_workspace(root)
+    (ws / "hello.txt").write_text("hello from the host\n")
+    claude = root / "user-claude"
+    claude.mkdir()
+    (claude / "settings.json").write_text('{"theme": "dark"}\n')
+    outside = root / "outside-secret.txt"
+    outside.write_text("OUTSIDE-MARKER-5f2c\n")
+    return ws, claude, outside
+
+
 class Booted:
     def __init__(self, session, workspace: Path, claude: Path, outside: Path, recorder: Recorder):
         self.session = session
@@ -87,13 +100,7 @@ def booted(image_ready, tmp_path_factory) -> Iterator[Booted]:
 
     root = tmp_path_factory.mktemp("e2e")
     paths = make_paths(root / "cowork")
-    ws = make_workspace(root)
-    (ws / "hello.txt").write_text("hello from the host\n")
-    claude = root / "user-claude"
-    claude.mkdir()
-    (claude / "settings.json").write_text('{"theme": "dark"}\n')
-    outside = root / "outside-secret.txt"
-    outside.write_text("OUTSIDE-MARKER-5f2c\n")
+    ws, claude, outside = sample_folders(root)
     bus = EventBus()
     rec = Recorder()
     bus.subscribe(rec)

@@ -26,7 +26,7 @@ from cowork.host import pool as pool_mod
 from cowork.host.session_store import find_for_workspace, load_state
 from cowork.host.vm.libvirt import LibvirtBackend
 from cowork.paths import Paths
-from tests.e2e.conftest import Booted, make_warm_paths, make_workspace
+from tests.e2e.conftest import Booted, make_warm_paths, sample_folders
 from tests.e2e.test_vm import (  # noqa: F401 (run here against a guest from the pool)
     test_claude_folders_are_read_only_in_the_guest,
     test_host_files_outside_the_workspace_are_invisible,
@@ -84,13 +84,7 @@ def domain_state(name: str) -> str:
 def world(image_ready, warm_cache, tmp_path_factory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("daemon-pool")
     paths = make_warm_paths(root / "cowork", warm_cache)
-    ws = make_workspace(root)
-    (ws / "hello.txt").write_text("hello from the host\n")
-    claude = root / "user-claude"
-    claude.mkdir()
-    (claude / "settings.json").write_text('{"theme": "dark"}\n')
-    outside = root / "outside-secret.txt"
-    outside.write_text("OUTSIDE-MARKER-5f2c\n")
+    ws, claude, outside = sample_folders(root)
     paths.config.mkdir(parents=True)
     daemon = Daemon(paths, pool_check_s=2.0)
     daemon.bind()

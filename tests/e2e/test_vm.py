@@ -12,7 +12,7 @@ import pytest
 
 from cowork.guest import contract
 from cowork.host.events import Kind
-from tests.e2e.conftest import Booted, expected_owner, make_warm_paths, make_workspace
+from tests.e2e.conftest import Booted, expected_owner, make_warm_paths, sample_folders
 
 pytestmark = pytest.mark.e2e
 
@@ -30,13 +30,7 @@ def sealed(request, booted, warm_cache, tmp_path_factory) -> Iterator[Booted]:
 
     root = tmp_path_factory.mktemp("e2e-restored")
     paths = make_warm_paths(root / "cowork", warm_cache)
-    ws = make_workspace(root)
-    (ws / "hello.txt").write_text("hello from the host\n")
-    claude = root / "user-claude"
-    claude.mkdir()
-    (claude / "settings.json").write_text('{"theme": "dark"}\n')
-    outside = root / "outside-secret.txt"
-    outside.write_text("OUTSIDE-MARKER-5f2c\n")
+    ws, claude, outside = sample_folders(root)
     bus, rec = EventBus(), Recorder()
     bus.subscribe(rec)
     settings = VMSettings(claude_dir=claude, memory_mib=1024, start_mode="restore")
