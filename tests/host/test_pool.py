@@ -73,6 +73,7 @@ class World:
         self.notices: list[str] = []
         self.checked: list[str] = []
         self.refuse: str | None = None
+        self._making = threading.Lock()
 
     def planner(self, workspace: str, changes_default: str) -> PoolPlan:
         if self.plan_fails:
@@ -83,8 +84,10 @@ class World:
     def opener(self, key: PoolKey) -> FakeSession:
         if self.fail is not None:
             raise self.fail
-        self.made.append(FakeSession(self.paths, len(self.made), key))
-        return self.made[-1]
+        with self._making:  # pools fill in threads of their own: one name each
+            sess = FakeSession(self.paths, len(self.made), key)
+            self.made.append(sess)
+        return sess
 
     def check(self, sess: FakeSession, say: Callable[[str], None]) -> None:
         self.checked.append(sess.name)
