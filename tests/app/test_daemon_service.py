@@ -320,9 +320,14 @@ def test_the_window_runs_a_task_through_the_service(env, qtbot, tmp_path, shot):
         current = win.approvals.current
         qtbot.waitUntil(lambda c=current: c.armed)
         current.allow.click()
-    texts = [win.task.list.item(i).text() for i in range(win.task.list.count())]
-    assert any(t.startswith("Asked you:") and t.endswith("Allow") for t in texts)
-    assert texts[-1] == "The assistant has finished."
+    # The task's end and its result are separate messages: wait for the result's line.
+    finished = "The assistant has finished."
+
+    def texts() -> list[str]:
+        return [win.task.list.item(i).text() for i in range(win.task.list.count())]
+
+    qtbot.waitUntil(lambda: texts()[-1:] == [finished], timeout=20000)
+    assert any(t.startswith("Asked you:") and t.endswith("Allow") for t in texts())
     assert (env.ws / "cowork-demo-notes.md").is_file()
     shot(win, "service-task-finished")
     # The local sessions here write straight into the folder: the review says so.
