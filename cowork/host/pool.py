@@ -42,7 +42,6 @@ from cowork.host import warm
 from cowork.host.events import EventBus, Kind
 
 if TYPE_CHECKING:
-    from cowork.host.image import ImageInfo
     from cowork.host.policy import Policy
     from cowork.host.session import Session
     from cowork.paths import Paths
@@ -107,12 +106,6 @@ def policy_digest(policy: Policy) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def image_digest(info: ImageInfo) -> str:
-    """The image build's identity (a rebuilt image is another image even with the same
-    recipe)."""
-    return info.identity()
-
-
 def plan(paths: Paths, workspace: str, changes_default: str) -> PoolPlan:
     """The key and size of the pool for ``workspace`` now, from the effective policy (the
     folder's own layer only if trusted), the built image and the guest code. Raises
@@ -127,7 +120,7 @@ def plan(paths: Paths, workspace: str, changes_default: str) -> PoolPlan:
         workspace=workspace,
         changes=mode,
         policy=policy_digest(policy),
-        image=image_digest(image.find(paths)),
+        image=image.find(paths).identity(),
         guest_code=warm.guest_code_hash(),
     )
     vm = policy.vm
@@ -424,7 +417,6 @@ __all__ = [
     "PoolStatus",
     "Pools",
     "check_taken",
-    "image_digest",
     "plan",
     "policy_digest",
     "running",
