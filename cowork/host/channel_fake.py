@@ -268,68 +268,72 @@ class SerialShim:
     def _loop(self) -> None:
         client: socket.socket | None = None
         limit = 1 << 20
-        while not self._stop.is_set():
-            with self._lock:
-                rd: list[socket.socket | int] = []
-                wr: list[socket.socket | int] = []
-                if client is None:
-                    rd.append(self._listener)
-                    if not self.hangup:
-                        rd.append(self._master)  # like QEMU: output with no client is lost
-                else:
-                    if len(self._to_guest) < limit:
-                        rd.append(client)
-                    if len(self._to_host) < limit:
-                        rd.append(self._master)
-                    if self._to_host:
-                        wr.append(client)
-                if self._to_guest:
-                    wr.append(self._master)
-            try:
-                r, w, _ = select.select(rd, wr, [], 0.1)
-            except (OSError, ValueError):
-                r, w = [], []
-            with self._lock:
-                if self._listener in r:
-                    client, _ = self._listener.accept()
-                    client.setblocking(False)
-                    self.connections += 1
-                    continue
-                if self._master in r:
-                    try:
-                        data = os.read(self._master, 65536)
-                    except (BlockingIOError, OSError):
-                        data = b""
-                    if client is not None:
-                        self._to_host += data
-                if self._master in w:
-                    try:
-                        n = os.write(self._master, self._to_guest[:65536])
-                        del self._to_guest[:n]
-                    except (BlockingIOError, OSError):
-                        pass
-                if client is not None and client in w:
-                    try:
-                        n = client.send(self._to_host[:65536])
-                        del self._to_host[:n]
-                    except BlockingIOError:
-                        pass
-                    except OSError:
-                        self._drop(client)
-                        client = None
-                        continue
-                if client is not None and client in r:
-                    try:
-                        data = client.recv(65536)
-                    except BlockingIOError:
-                        continue
-                    except OSError:
-                        data = b""
-                    if data:
-                        self._to_guest += data
+        try:
+            while not self._stop.is_set():
+                with self._lock:
+                    rd: list[socket.socket | int] = []
+                    wr: list[socket.socket | int] = []
+                    if client is None:
+                        rd.append(self._listener)
+                        if not self.hangup:
+                            rd.append(self._master)  # like QEMU: output with no client is lost
                     else:
-                        self._drop(client)
-                        client = None
+                        if len(self._to_guest) < limit:
+                            rd.append(client)
+                        if len(self._to_host) < limit:
+                            rd.append(self._master)
+                        if self._to_host:
+                            wr.append(client)
+                    if self._to_guest:
+                        wr.append(self._master)
+                try:
+                    r, w, _ = select.select(rd, wr, [], 0.1)
+                except (OSError, ValueError):
+                    r, w = [], []
+                with self._lock:
+                    if self._listener in r:
+                        client, _ = self._listener.accept()
+                        client.setblocking(False)
+                        self.connections += 1
+                        continue
+                    if self._master in r:
+                        try:
+                            data = os.read(self._master, 65536)
+                        except (BlockingIOError, OSError):
+                            data = b""
+                        if client is not None:
+                            self._to_host += data
+                    if self._master in w:
+                        try:
+                            n = os.write(self._master, self._to_guest[:65536])
+                            del self._to_guest[:n]
+                        except (BlockingIOError, OSError):
+                            pass
+                    if client is not None and client in w:
+                        try:
+                            n = client.send(self._to_host[:65536])
+                            del self._to_host[:n]
+                        except BlockingIOError:
+                            pass
+                        except OSError:
+                            self._drop(client)
+                            client = None
+                            continue
+                    if client is not None and client in r:
+                        try:
+                            data = client.recv(65536)
+                        except BlockingIOError:
+                            continue
+                        except OSError:
+                            data = b""
+                        if data:
+                            self._to_guest += data
+                        else:
+                            self._drop(client)
+                            client = None
+        finally:
+            if client is not None:  # stopped while connected
+                client.close()
 
     def _drop(self, client: socket.socket) -> None:
         client.close()
