@@ -118,6 +118,13 @@ def add_daemon_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def start_lines(mode: str, seconds: float) -> list[str]:
+    """The ``boot time`` and ``started by`` lines of ``cowork vm status``; a guest taken
+    from the pool booted before it was asked for, so it has no boot time of its own."""
+    lines = [] if mode == "pool" else [f"boot time:   {seconds:.1f} s"]
+    return [*lines, f"started by:  {started_by(mode, seconds)}"]
+
+
 def started_by(mode: str, seconds: float) -> str:
     """How a VM started, for ``cowork vm status``: ``pool (taken in 12 ms)``, ``restore
     (3.1 s to ready)``."""

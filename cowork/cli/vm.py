@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from cowork.cli import vm_daemon as via_daemon
-from cowork.cli.common import add_daemon_arg, add_workspace_arg, event_bus, progress, started_by
+from cowork.cli.common import add_daemon_arg, add_workspace_arg, event_bus, progress, start_lines
 from cowork.errors import CoworkError, UsageError
 from cowork.host import session as session_mod
 from cowork.host import workspace as ws_mod
@@ -227,8 +227,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"name:        {state.name}")
         print(f"state:       {status.state.value}")
         print(f"workspace:   {state.workspace}")
-        print(f"boot time:   {state.boot_seconds:.1f} s")
-        print(f"started by:  {started_by(state.start_mode, state.boot_seconds)}")
+        print(*start_lines(state.start_mode, state.boot_seconds), sep="\n")
         print(f"accel:       {state.accel}")
         print(f"libvirt:     {state.uri}")
         print(f"agent uid:   {state.agent_uid}:{state.agent_gid}")

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import BinaryIO
 
-from cowork.cli.common import started_by
+from cowork.cli.common import start_lines
 from cowork.cli.daemon import connect_or_start, recover_if_gone, show_notice
 from cowork.daemon import protocol as p
 from cowork.daemon.client import Client, DaemonUnavailable
@@ -156,8 +156,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"name:        {s.name}")
             print(f"state:       {s.state} ({'busy' if s.busy else 'idle'})")
             print(f"workspace:   {s.workspace}")
-            print(f"boot time:   {s.boot_seconds:.1f} s")
-            print(f"started by:  {started_by(s.start_mode, s.boot_seconds)}")
+            print(*start_lines(s.start_mode, s.boot_seconds), sep="\n")
             print(f"accel:       {s.accel}")
             print(f"changes:     {s.changes}")
             print(f"kept:        {'yes' if s.kept else 'no (removed when its command ends)'}")

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from cowork.cli.common import pool_lines, started_by
+from cowork.cli.common import pool_lines, start_lines, started_by
 from cowork.daemon import protocol as p
 from cowork.host.events import Kind
 from tests.daemon.conftest import Service
@@ -139,6 +139,11 @@ def test_started_by_says_how_a_vm_started():
     assert started_by("pool", 0.012) == "pool (taken in 12 ms)"
     assert started_by("restore", 3.14) == "restore (3.1 s to ready)"
     assert started_by("cold", 13.0) == "cold (13.0 s to ready)"
+    assert start_lines("cold", 13.0) == [
+        "boot time:   13.0 s",
+        "started by:  cold (13.0 s to ready)",
+    ]
+    assert start_lines("pool", 0.012) == ["started by:  pool (taken in 12 ms)"]
 
 
 def test_records_of_vms_without_session_files_go_when_the_vm_goes(service):
