@@ -7,7 +7,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,6 +23,7 @@ from cowork.host.events import Event, EventBus, Kind
 from cowork.host.secrets import KeyringSecrets, MemoryKeyring
 from cowork.paths import Paths
 from tests.daemon.conftest import FakeBackend, FakeSession
+from tests.waiting import wait_until
 
 
 class LocalSession(FakeSession):
@@ -91,15 +91,6 @@ def env(tmp_path):
     shutil.rmtree(run, ignore_errors=True)
 
 
-def wait_for(cond, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_readiness_names_the_service(env):
     checks = {c.id: c for c in env.svc.readiness()}
     assert checks[CheckId.DAEMON].ok and checks[CheckId.MODEL_KEY].ok
@@ -123,7 +114,7 @@ def test_a_task_with_one_approval_allowed(env):
 
     svc.subscribe(on_event)
     sid = svc.start_task(env.ws.resolve(), "summarise")
-    assert wait_for(lambda: any(e.kind is Kind.SESSION_ENDED for e in events))
+    assert wait_until(lambda: any(e.kind is Kind.SESSION_ENDED for e in events), 20)
     mine = [e for e in events if e.session == sid]
     kinds = [e.kind for e in mine]
     assert kinds[0] is Kind.SESSION_STARTED and kinds[-1] is Kind.SESSION_ENDED
@@ -144,11 +135,11 @@ def test_stop_a_waiting_task(env):
     events: list[Event] = []
     svc.subscribe(events.append)
     sid = svc.start_task(env.ws.resolve(), "summarise")
-    assert wait_for(lambda: svc.pending_approvals())
+    assert wait_until(lambda: svc.pending_approvals(), 20)
     assert svc.pending_approvals()[0].session == sid
     assert [s.state for s in svc.sessions() if s.id == sid] == [SessionState.WAITING]
     assert svc.stop_task(sid) == "direct"
-    assert wait_for(lambda: any(e.kind is Kind.SESSION_ENDED for e in events))
+    assert wait_until(lambda: any(e.kind is Kind.SESSION_ENDED for e in events), 20)
     assert svc.pending_approvals() == []
     assert not (env.ws / "cowork-demo-notes.md").exists()
 
@@ -158,7 +149,7 @@ def test_service_dies_and_comes_back(env):
     svc.subscribe(lambda e: None)
     assert svc.sessions() == []
     env.running.stop()
-    assert wait_for(lambda: svc._client is None or svc._client.closed, 10)
+    assert wait_until(lambda: svc._client is None or svc._client.closed, 10)
     with pytest.raises(ServiceUnavailable, match="not running"):
         svc.sessions()
     with pytest.raises(ServiceUnavailable):
@@ -168,8 +159,8 @@ def test_service_dies_and_comes_back(env):
     events: list[Event] = []
     svc.subscribe(events.append)
     sid = svc.start_task(env.ws.resolve(), "summarise")
-    assert wait_for(lambda: any(e.kind is Kind.SESSION_ENDED and e.session == sid
-                                for e in events))  # fmt: skip
+    assert wait_until(lambda: any(e.kind is Kind.SESSION_ENDED and e.session == sid
+                                for e in events), 20)  # fmt: skip
 
 
 def _run_and_stage(env):
@@ -182,8 +173,8 @@ def _run_and_stage(env):
     events: list[Event] = []
     svc.subscribe(events.append)
     sid = svc.start_task(env.ws.resolve(), "summarise")
-    assert wait_for(lambda: any(e.kind is Kind.SESSION_ENDED and e.session == sid
-                                for e in events))  # fmt: skip
+    assert wait_until(lambda: any(e.kind is Kind.SESSION_ENDED and e.session == sid
+                                for e in events), 20)  # fmt: skip
     name = next(e.fields["name"] for e in events
                 if e.kind is Kind.VM_CREATING and e.session == sid)  # fmt: skip
     (env.ws / "cowork-demo-notes.md").unlink()  # what the demo wrote directly
@@ -257,8 +248,8 @@ def test_review_of_a_task_that_wrote_directly_says_so(env):
     events: list[Event] = []
     svc.subscribe(events.append)
     sid = svc.start_task(env.ws.resolve(), "summarise")
-    assert wait_for(lambda: any(e.kind is Kind.SESSION_ENDED and e.session == sid
-                                for e in events))  # fmt: skip
+    assert wait_until(lambda: any(e.kind is Kind.SESSION_ENDED and e.session == sid
+                                for e in events), 20)  # fmt: skip
     with pytest.raises(UsageError) as err:
         svc.change_set(sid)
     assert str(err.value) == T.REVIEW_DIRECT
@@ -267,7 +258,7 @@ def test_review_of_a_task_that_wrote_directly_says_so(env):
 def test_review_when_the_service_is_gone(env):
     sid, _name = _run_and_stage(env)
     env.running.stop()
-    assert wait_for(lambda: env.svc._client is None or env.svc._client.closed, 10)
+    assert wait_until(lambda: env.svc._client is None or env.svc._client.closed, 10)
     with pytest.raises(ServiceUnavailable):
         env.svc.change_set(sid)
     with pytest.raises(ServiceUnavailable):

@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import pytest
 
 from cowork.cli.common import pool_lines, start_lines, started_by
 from cowork.daemon import protocol as p
 from cowork.host.events import Kind
 from tests.daemon.conftest import Service
+from tests.waiting import wait_until
 
 
 @pytest.fixture
 def pool_check_s() -> float:
     # Only a request finds a stale pool here: the periodic check is tested in tests/host.
     return 3600.0
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def settings(service: Service, text: str) -> None:

@@ -14,15 +14,7 @@ import pytest
 
 from cowork.daemon import protocol as p
 from cowork.daemon.client import DaemonError
-
-
-def wait_for(cond, timeout=10.0):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
+from tests.waiting import wait_until
 
 
 def test_socket_is_private(service):
@@ -126,7 +118,7 @@ def test_two_faces_see_the_same_events_and_an_approval_answered_by_either(servic
         assert answered and all(e.allow and e.by.startswith("face-") for e in answered)
         assert len(asked_on_task_face) == len(answered)
         # Every face saw the same numbered sequence.
-        assert wait_for(lambda: len(seen["a"]) == len(seen["b"]) and seen["a"])
+        assert wait_until(lambda: len(seen["a"]) == len(seen["b"]) and seen["a"])
         assert [e.seq for e in seen["a"]] == [e.seq for e in seen["b"]]
         assert [e.model_dump() for e in seen["a"]] == [e.model_dump() for e in seen["b"]]
         kinds = [e.type for e in seen["a"]]
@@ -242,7 +234,7 @@ def test_a_face_that_goes_away_stops_its_task(service):
     t.start()
     assert asked.wait(10)
     face.close()
-    assert wait_for(lambda: service.opened and service.opened[0].closed)
+    assert wait_until(lambda: service.opened and service.opened[0].closed)
     with service.client() as other:
         assert other.call(p.ListSessions()).sessions == []
     assert not (service.workspace / "cowork-demo-notes.md").exists()

@@ -13,6 +13,7 @@ import pytest
 from cowork.guest import contract
 from cowork.host.events import Kind
 from tests.e2e.conftest import make_paths, make_workspace
+from tests.waiting import wait_until
 
 COMMAND = r"""
 set -e
@@ -28,19 +29,10 @@ python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, socket
 """
 
 
-def _wait(pred, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_a_command_tree_files_and_a_raw_socket_appear_with_the_tool_call(booted):
     sess, rec = booted.session, booted.recorder
     assert sess.monitor is not None
-    assert _wait(lambda: sess.monitor.hello is not None), "the monitor never said hello"
+    assert wait_until(lambda: sess.monitor.hello is not None, 30), "the monitor never said hello"
     sess.events.emit(Kind.ACTION_DECIDED, call_id="toolu_act1", verdict="run", action="test")
     before = len(rec.events)
     result = booted.run(COMMAND, timeout=120)
@@ -61,8 +53,8 @@ def test_a_command_tree_files_and_a_raw_socket_appear_with_the_tool_call(booted)
         ("renamed", "/workspace/act/a.txt", "/workspace/act/b.txt"),
         ("deleted", "/workspace/act/b.txt", None),
     }
-    assert _wait(lambda: wanted <= files()), files()
-    assert _wait(lambda: bool(new(Kind.GUEST_SOCKET))), "no failed socket reported"
+    assert wait_until(lambda: wanted <= files(), 30), files()
+    assert wait_until(lambda: bool(new(Kind.GUEST_SOCKET)), 30), "no failed socket reported"
     (hello,) = [sess.monitor.hello]
     assert hello["net"] == "audit", hello
     sock = next(e for e in new(Kind.GUEST_SOCKET) if e.fields.get("syscall") == "socket")
@@ -93,7 +85,7 @@ def test_a_command_tree_files_and_a_raw_socket_appear_with_the_tool_call(booted)
 
 def test_the_agent_cannot_see_kill_or_trace_the_monitor(booted):
     sess = booted.session
-    assert _wait(lambda: sess.monitor.hello is not None)
+    assert wait_until(lambda: sess.monitor.hello is not None, 30)
     pid = sess.monitor.hello["pid"]
     seen = booted.run("ps -eo pid,user,args; ls /proc", timeout=60)
     assert "cowork.guest.monitor" not in seen.stdout
@@ -117,11 +109,11 @@ def test_a_monitor_that_stops_reporting_is_noticed_and_the_vm_stopped(booted):
     backend = sess.backend
     dom = backend._require(sess.name)  # type: ignore[attr-defined]
     dom.suspend()
-    assert _wait(lambda: sess.monitor.lost_reason is not None, timeout=30)
+    assert wait_until(lambda: sess.monitor.lost_reason is not None, timeout=30)
     assert "stopped reporting" in sess.monitor.lost_reason
     lost = booted.recorder.of(Kind.MONITOR_LOST)
     assert lost and lost[0].session == sess.name
-    assert _wait(lambda: backend.status(sess.name).state.value != "running", timeout=30)
+    assert wait_until(lambda: backend.status(sess.name).state.value != "running", timeout=30)
 
 
 # --- the monitor killed by root inside the guest -----------------------------------------------
@@ -208,14 +200,16 @@ def test_killing_the_monitor_as_root_in_the_guest_is_noticed(
     sess, rec, paths = _open_with_monitor_killer(tmp_path, monkeypatch, mode)
     try:
         assert sess.monitor is not None
-        assert _wait(lambda: sess.monitor.hello is not None), "the monitor never said hello"
+        assert wait_until(lambda: sess.monitor.hello is not None, 30), (
+            "the monitor never said hello"
+        )
         assert sess.monitor.lost_reason is None, sess.monitor.lost_reason
         killed = _killed_at(paths.session_dir(sess.name) / CONSOLE_LOG_FILE, KILL_AFTER_S + 60)
         assert f"{KILLED_MARKER} {sess.monitor.hello['pid']} uid 0" in (
             paths.session_dir(sess.name) / CONSOLE_LOG_FILE
         ).read_text(errors="replace")
         bound = HEARTBEAT_TIMEOUT_S + HEARTBEAT_S + 2.0  # + the console poll and a loaded host
-        assert _wait(lambda: bool(rec.of(Kind.MONITOR_LOST)), timeout=bound + 30)
+        assert wait_until(lambda: bool(rec.of(Kind.MONITOR_LOST)), timeout=bound + 30)
         (lost,) = rec.of(Kind.MONITOR_LOST)
         assert lost.session == sess.name
         assert "stopped reporting" in lost.fields["reason"], lost.fields
@@ -225,7 +219,7 @@ def test_killing_the_monitor_as_root_in_the_guest_is_noticed(
         state = lambda: sess.backend.status(sess.name).state.value  # noqa: E731
         if mode == "stop":
             # Fail closed: the VM is stopped, nothing more runs in it.
-            assert _wait(lambda: state() != "running", timeout=30), state()
+            assert wait_until(lambda: state() != "running", timeout=30), state()
         else:
             # Marked: the session goes on, and the loss stands in the event stream.
             time.sleep(2)

@@ -39,6 +39,7 @@ from tests.host.egress.conftest import (
     Upstream,
     test_address_check,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -130,15 +131,6 @@ def domain_state(name: str) -> str:
     return LibvirtBackend().status(name).state.value
 
 
-def wait_for(cond: Any, timeout: float = 60.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def pid_alive(pid: int | None) -> bool:
     if pid is None:
         return False
@@ -216,7 +208,7 @@ def test_sigkill_of_the_service_mid_command_leaves_nothing_behind(world: World):
 
             t = threading.Thread(target=run)
             t.start()
-            assert wait_for(lambda: log.exists() and log.stat().st_size > 40, 300)
+            assert wait_until(lambda: log.exists() and log.stat().st_size > 40, 300)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(30)
             t.join(60)
@@ -224,7 +216,7 @@ def test_sigkill_of_the_service_mid_command_leaves_nothing_behind(world: World):
         assert isinstance(err, DaemonGone) and "stopped unexpectedly" in str(err)
         # The VM outlived the service (libvirt runs it); the gateway did not.
         assert domain_state(name) == "running"
-        assert wait_for(lambda: not pid_alive(gateway), 30)
+        assert wait_until(lambda: not pid_alive(gateway), 30)
         # The next start removes what the dead service left, with no manual cleanup.
         proc = service_process(world.paths)
         assert domain_state(name) == "missing"
@@ -263,7 +255,7 @@ def test_sigkill_of_qemu_mid_command_ends_with_a_clear_message(world: World):
 
             t = threading.Thread(target=run)
             t.start()
-            assert wait_for(lambda: c.call(p.ListSessions()).sessions[0].busy, 60)
+            assert wait_until(lambda: c.call(p.ListSessions()).sessions[0].busy, 60)
             os.kill(qemu, signal.SIGKILL)
             t.join(300)
             assert not t.is_alive()
@@ -272,7 +264,7 @@ def test_sigkill_of_qemu_mid_command_ends_with_a_clear_message(world: World):
             assert c.call(p.ListSessions()).sessions == []
         # Two owners notice the dead QEMU (the service and the activity monitor's watchdog);
         # whichever removes the domain, it is gone shortly after the face was told.
-        assert wait_for(lambda: domain_state(name) == "missing", 60), domain_state(name)
+        assert wait_until(lambda: domain_state(name) == "missing", 60), domain_state(name)
         assert not world.paths.session_dir(name).exists()
         assert not list(world.paths.daemon_records.glob("*.json"))
         assert daemon.paths == world.paths
@@ -333,7 +325,7 @@ def test_two_faces_see_one_sequence_and_either_answers_an_approval(world: World)
             assert not notes.exists()
             answered = [e for e in events if isinstance(e, p.ApprovalAnswered)]
             assert len(answered) == len(asked) >= 1 and all(e.allow for e in answered)
-            assert wait_for(lambda: seen["a"] and len(seen["a"]) == len(seen["b"]), 30)
+            assert wait_until(lambda: seen["a"] and len(seen["a"]) == len(seen["b"]), 30)
             assert [e.model_dump() for e in seen["a"]] == [e.model_dump() for e in seen["b"]]
             kinds = {e.type for e in seen["a"]}
             assert {"approval.asked", "approval.answered", "task.text", "task.finished"} <= kinds

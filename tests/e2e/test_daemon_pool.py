@@ -12,8 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +32,7 @@ from tests.e2e.test_vm import (  # noqa: F401 (run here against a guest from the
     test_mount_table_holds_only_the_two_folders,
     test_no_network_interface_but_loopback,
 )
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -67,15 +67,6 @@ class World:
         )
 
 
-def wait_for(cond: Callable[[], bool], timeout: float) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.5)
-    return False
-
-
 def domain_state(name: str) -> str:
     return LibvirtBackend().status(name).state.value
 
@@ -106,7 +97,7 @@ def pooled(world: World) -> p.SessionInfo:
     with world.client() as c:
         first = c.call(p.Exec(workspace=str(world.workspace), command="cat hello.txt"))
         assert first.exit_code == 0
-        assert wait_for(lambda: len(world.waiting()) == 1, FILL_TIMEOUT), world.status()
+        assert wait_until(lambda: len(world.waiting()) == 1, FILL_TIMEOUT), world.status()
         (waiting,) = world.waiting()
         up: p.SessionReply = c.call(p.VmUp(workspace=str(world.workspace)))
     assert up.started and up.session.name == waiting
@@ -146,7 +137,7 @@ def test_the_pooled_guest_reaches_out_only_through_its_gateway(sealed):
 
 
 def test_a_waiting_guest_is_found_by_no_command(world, pooled):
-    assert wait_for(lambda: len(world.waiting()) == 1, FILL_TIMEOUT), world.status()
+    assert wait_until(lambda: len(world.waiting()) == 1, FILL_TIMEOUT), world.status()
     (waiting,) = world.waiting()
     assert waiting != pooled.name
     assert load_state(world.paths, waiting).pooled
@@ -165,7 +156,7 @@ def test_a_taken_guest_is_never_handed_out_again(world, pooled):
     with world.client() as c:
         c.call(p.VmDown(name=pooled.name))
     assert domain_state(pooled.name) == "missing"
-    assert wait_for(lambda: len(world.waiting()) == 1, FILL_TIMEOUT)
+    assert wait_until(lambda: len(world.waiting()) == 1, FILL_TIMEOUT)
     (waiting,) = world.waiting()
     assert waiting != pooled.name
     with world.client() as c:
@@ -176,7 +167,7 @@ def test_a_taken_guest_is_never_handed_out_again(world, pooled):
 
 
 def test_a_policy_change_makes_the_waiting_guest_stale(world):
-    assert wait_for(lambda: len(world.waiting()) == 1, FILL_TIMEOUT)
+    assert wait_until(lambda: len(world.waiting()) == 1, FILL_TIMEOUT)
     (stale,) = world.waiting()
     world.settings('start_mode = "restore"\n')  # another policy: another key
     with world.client() as c:
@@ -186,12 +177,12 @@ def test_a_policy_change_makes_the_waiting_guest_stale(world):
             # Started normally, or (if the periodic check refilled first) from the pool
             # made under the new policy: either way never the stale guest.
             assert up.start_mode in ("restore", "pool")
-            assert wait_for(lambda: domain_state(stale) == "missing", 120)
+            assert wait_until(lambda: domain_state(stale) == "missing", 120)
             records = {f.stem for f in world.paths.daemon_records.glob("*.json")}
             assert stale not in records
         finally:
             c.call(p.VmDown(name=up.name))
-    assert wait_for(lambda: len(world.waiting()) == 1, FILL_TIMEOUT)
+    assert wait_until(lambda: len(world.waiting()) == 1, FILL_TIMEOUT)
     (fresh,) = world.waiting()
     assert fresh != stale
     session_dir = world.paths.session_dir(fresh)
@@ -202,7 +193,7 @@ def test_a_policy_change_makes_the_waiting_guest_stale(world):
 
 def test_stopping_the_service_destroys_the_waiting_guests(world):
     """Runs last: it stops the module's service."""
-    assert wait_for(lambda: len(world.waiting()) == 1, FILL_TIMEOUT)
+    assert wait_until(lambda: len(world.waiting()) == 1, FILL_TIMEOUT)
     (waiting,) = world.waiting()
     assert domain_state(waiting) == "running"
     world.daemon.stop()

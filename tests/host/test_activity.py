@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cowork.host.activity import MonitorReader, timeline
 from cowork.host.events import AuditLog, EventBus, Kind, Recorder
+from tests.waiting import wait_until
 
 
 class FakePort:
@@ -35,15 +36,6 @@ class FakePort:
         if self.conn is not None:
             self.conn.close()
         self.server.close()
-
-
-def _wait(pred, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.02)
-    raise AssertionError("timed out")
 
 
 def test_records_become_events_with_the_tool_call(tmp_path):
@@ -79,9 +71,9 @@ def test_records_become_events_with_the_tool_call(tmp_path):
             },
             {"t": "hb", "seq": 1, "time": 2.3},
         )
-        _wait(lambda: len(rec.of(Kind.GUEST_SOCKET)) == 1)
+        assert wait_until(lambda: len(rec.of(Kind.GUEST_SOCKET)) == 1)
         # the audit log subscriber runs after the recorder: wait for its line too
-        _wait(lambda: "guest.socket" in (tmp_path / "audit.jsonl").read_text())
+        assert wait_until(lambda: "guest.socket" in (tmp_path / "audit.jsonl").read_text())
         (proc,) = rec.of(Kind.GUEST_PROCESS)
         assert proc.fields["call_id"] == "toolu_1" and proc.fields["job"] == "j1"
         assert proc.fields["argv"] == ["ls"] and proc.fields["guest_time"] == 2.0
@@ -113,7 +105,7 @@ def test_a_silent_monitor_is_lost_and_the_handler_runs(tmp_path):
             port.send({"t": "hb"})
             time.sleep(0.3)
         assert lost == []
-        _wait(lambda: bool(lost))  # then nothing: the monitor died
+        assert wait_until(lambda: bool(lost))  # then nothing: the monitor died
         assert "stopped reporting" in lost[0]
         (ev,) = rec.of(Kind.MONITOR_LOST)
         assert ev.fields["reason"] == lost[0]
@@ -128,7 +120,7 @@ def test_a_monitor_that_never_starts_or_restarts_is_lost(tmp_path):
     lost: list[str] = []
     reader = MonitorReader(tmp_path / "m.sock", bus, "s", on_lost=lost.append, hello_timeout=0.5)
     try:
-        _wait(lambda: bool(lost))
+        assert wait_until(lambda: bool(lost))
         assert "never started" in lost[0]
     finally:
         reader.stop()
@@ -138,7 +130,7 @@ def test_a_monitor_that_never_starts_or_restarts_is_lost(tmp_path):
     reader = MonitorReader(tmp_path / "m2.sock", bus, "s", on_lost=lost2.append)
     try:
         port.send({"t": "hello", "pid": 5}, {"t": "hello", "pid": 6})
-        _wait(lambda: bool(lost2))
+        assert wait_until(lambda: bool(lost2))
         assert "restarted" in lost2[0]
     finally:
         reader.stop()
@@ -154,9 +146,9 @@ def test_an_attached_reader_needs_no_hello_but_still_a_heartbeat(tmp_path):
     )  # fmt: skip
     try:
         port.send({"t": "hb", "seq": 7, "cpu_s": 0.5})
-        _wait(lambda: reader.last_hb is not None)
+        assert wait_until(lambda: reader.last_hb is not None)
         assert reader.last_hb["cpu_s"] == 0.5 and lost == []
-        _wait(lambda: bool(lost))
+        assert wait_until(lambda: bool(lost))
         assert "stopped reporting" in lost[0]
     finally:
         reader.stop()

@@ -7,7 +7,6 @@ import gzip
 import json
 import socket
 import threading
-import time
 import zlib
 from collections.abc import Iterator
 from concurrent import futures
@@ -24,6 +23,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from cowork import __version__
 from cowork.host.events import AuditLog, EventBus, Kind
 from cowork.host.export import Exporter, ExportSettings, traces_url, workspace_hash
+from tests.waiting import wait_until
 
 
 def _value(v: AnyValue) -> Any:
@@ -222,15 +222,6 @@ def _bus(tmp_path: Path, exporter: Exporter) -> tuple[EventBus, AuditLog]:
     return bus, audit
 
 
-def _wait(pred, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError("timed out")
-
-
 def test_every_event_arrives_once_in_order_with_its_attributes(tmp_path, receiver):
     receiver.start()
     exporter, _ = _exporter(tmp_path, receiver)
@@ -279,7 +270,7 @@ def test_nothing_is_lost_while_the_collector_is_down(tmp_path, receiver):
     bus, _ = _bus(tmp_path, exporter)
     for i in range(40):
         bus.emit(Kind.COMMAND_STARTED, argv=["step", str(i)])
-    _wait(lambda: exporter.failures >= 2)
+    assert wait_until(lambda: exporter.failures >= 2, 60)
     receiver.start()
     for i in range(10):
         bus.emit(Kind.COMMAND_STARTED, argv=["after", str(i)])
@@ -296,13 +287,13 @@ def test_beyond_the_bound_records_are_dropped_and_that_is_reported(tmp_path, rec
         bus.emit(Kind.COMMAND_STARTED, argv=["step", str(i)])
     kept = exporter.pending_bytes()
     assert 0 < kept <= 4000
-    _wait(lambda: exporter.failures >= 1)
+    assert wait_until(lambda: exporter.failures >= 1, 60)
     receiver.start()
-    _wait(lambda: len(receiver.received.records) > 0)
+    assert wait_until(lambda: len(receiver.received.records) > 0, 60)
     assert exporter.flush(60)
     bus.emit(Kind.COMMAND_STARTED, argv=["last"])
     assert exporter.flush(60)
-    _wait(lambda: bool(drops))
+    assert wait_until(lambda: bool(drops), 60)
     assert exporter.flush(60)
     exporter.close()
     got = receiver.received.records
@@ -439,7 +430,7 @@ def test_no_span_is_lost_while_the_collector_is_down(tmp_path, receiver):
     bus, _ = _bus(tmp_path, exporter)
     for i in range(6):
         _task(bus, f"t{i}", [(f"c{i}-{j}", "bash", "run") for j in range(3)], reason="completed")
-    _wait(lambda: exporter.failures >= 2)
+    assert wait_until(lambda: exporter.failures >= 2, 60)
     receiver.start()
     _task(bus, "last", [("c-last", "read_file", "run")], reason="completed")
     assert exporter.flush(60)
@@ -466,7 +457,7 @@ def test_spans_beyond_the_bound_are_dropped_and_counted(tmp_path, receiver):
     assert exporter.flush(60)
     bus.emit(Kind.COMMAND_STARTED, argv=["last"])
     assert exporter.flush(60)
-    _wait(lambda: bool(drops))
+    assert wait_until(lambda: bool(drops), 60)
     assert exporter.flush(60)
     exporter.close()
     notice = next(r for r in receiver.received.records if r["event_name"] == "export.dropped")

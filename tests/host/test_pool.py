@@ -23,6 +23,7 @@ from cowork.host.policy.effective import build
 from cowork.host.pool import PoolKey, PoolPlan, Pools
 from cowork.host.session_store import SessionState
 from cowork.paths import Paths
+from tests.waiting import wait_until
 
 
 class FakeSession:
@@ -108,15 +109,6 @@ class World:
 
     def phases(self) -> list[str]:
         return [str(e.fields["phase"]) for e in self.rec.of(Kind.VM_WARM)]
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def waiting(pools: Pools, workspace: str = "/w") -> int:
