@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from benchlib import bench_paths, workspace
+
 from cowork.host.events import EventBus, Kind, Recorder
 from cowork.host.session import Session, VMSettings
-from cowork.paths import Paths
 
 
 def pct(values: list[float], q: float) -> float:
@@ -44,15 +43,8 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        paths = replace(
-            Paths.under(root / "cowork"),
-            cache=Paths().cache,
-            runtime=Path(tempfile.mkdtemp(prefix="cwa", dir="/tmp")),
-        )
-        ws = root / "ws"
-        ws.mkdir()
-        if os.getuid() == 0:
-            os.chown(ws, 4321, 4321)
+        paths = bench_paths(root / "cowork")
+        ws = workspace(root / "ws")
         bus, rec = EventBus(), Recorder()
         bus.subscribe(rec)
         sess = Session.open(ws, paths=paths, events=bus, settings=VMSettings(claude_dir=root / "n"))

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchlib import bench_paths, workspace
+
 from cowork.guest.changes import MAGIC, TRAILER
 from cowork.host import changes
 from cowork.host.changes import store
@@ -95,15 +97,9 @@ def bench_vm(big_mib: int) -> dict[str, Any]:
     )
     for mode in ("direct", "staged"):
         root = Path(tempfile.mkdtemp(prefix="cw-bench-vm-"))
-        run = Path(tempfile.mkdtemp(prefix="cw", dir="/tmp"))
+        paths = bench_paths(root / "cowork")
         try:
-            paths = Paths.under(root / "cowork")
-            paths = Paths(cache=Paths().cache, config=paths.config, data=paths.data,
-                          state=paths.state, runtime=run, admin=paths.admin)  # fmt: skip
-            ws = root / "ws"
-            ws.mkdir()
-            if os.getuid() == 0:
-                os.chown(ws, 4321, 4321)
+            ws = workspace(root / "ws")
             settings = VMSettings(claude_dir=None, memory_mib=1024, workspace_changes=mode)
             with Session.open(ws, paths=paths, events=EventBus(), settings=settings) as sess:
                 r = sess.channel.run(script, check=True)
@@ -115,7 +111,7 @@ def bench_vm(big_mib: int) -> dict[str, Any]:
                 }
         finally:
             shutil.rmtree(root, ignore_errors=True)
-            shutil.rmtree(run, ignore_errors=True)
+            shutil.rmtree(paths.runtime, ignore_errors=True)
     return out
 
 

@@ -16,8 +16,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
+
+from benchlib import bench_paths, workspace
 
 from cowork.daemon import protocol as p
 from cowork.daemon.client import Client, DaemonUnavailable
@@ -55,14 +57,10 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=20.0, help="seconds idle before measuring")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="cowork-bench-"))
-    run = Path(tempfile.mkdtemp(prefix="cwb", dir="/tmp"))
-    paths = replace(Paths.under(root / "cowork"), cache=Paths().cache, runtime=run)
-    ws = root / "ws"
-    ws.mkdir()
+    paths = bench_paths(root / "cowork")
+    ws = workspace(root / "ws")
     claude = root / "claude"
     claude.mkdir()
-    if os.getuid() == 0:
-        os.chown(ws, 4321, 4321)
     paths.config.mkdir(parents=True)
     paths.user_settings_file.write_text(
         f'version = 1\n[vm]\nmemory_mib = {args.memory_mib}\n[mounts]\nclaude_dir = "{claude}"\n'
@@ -97,7 +95,7 @@ def main() -> None:
         proc.terminate()
         proc.wait(300)
         shutil.rmtree(root, ignore_errors=True)
-        shutil.rmtree(run, ignore_errors=True)
+        shutil.rmtree(paths.runtime, ignore_errors=True)
 
 
 if __name__ == "__main__":

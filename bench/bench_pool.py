@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import statistics
 import tempfile
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
+
+from benchlib import bench_paths, private_cache, workspace
 
 from cowork.daemon import protocol as p
 from cowork.daemon.client import Client
@@ -93,15 +93,8 @@ def main() -> None:
     parser.add_argument("--memory", type=int, default=1024)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="cowork-bench-pool-"))
-    cache = root / "cache"
-    cache.mkdir()
-    (cache / "images").symlink_to(Paths().images, target_is_directory=True)
-    run = Path(tempfile.mkdtemp(prefix="cwp", dir="/tmp"))
-    paths = replace(Paths.under(root / "cw"), cache=cache, runtime=run)
-    ws = root / "ws"
-    ws.mkdir()
-    if os.getuid() == 0:
-        os.chown(ws, 4321, 4321)
+    paths = bench_paths(root / "cw", private_cache(root))
+    ws = workspace(root / "ws")
     claude = root / "claude"
     claude.mkdir()
     _settings(paths, claude, args.memory, 0)
@@ -153,7 +146,7 @@ def main() -> None:
     finally:
         daemon.stop()
         thread.join(timeout=300)
-        shutil.rmtree(run, ignore_errors=True)
+        shutil.rmtree(paths.runtime, ignore_errors=True)
         shutil.rmtree(root, ignore_errors=True)
 
 

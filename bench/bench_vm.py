@@ -15,11 +15,11 @@ import statistics
 import subprocess
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
+from benchlib import bench_paths, workspace
+
 from cowork.host.session import Session, VMSettings
-from cowork.paths import Paths
 
 
 def pct(values: list[float], q: float) -> float:
@@ -36,21 +36,9 @@ def summary_ms(values: list[float]) -> dict[str, float]:
     }
 
 
-def workspace(root: Path) -> Path:
-    ws = root / "ws"
-    ws.mkdir()
-    if os.getuid() == 0:
-        os.chown(ws, 4321, 4321)
-    return ws
-
-
 def open_session(root: Path) -> Session:
-    paths = replace(
-        Paths.under(root / "cowork"),
-        cache=Paths().cache,
-        runtime=Path(tempfile.mkdtemp(prefix="cwb", dir="/tmp")),
-    )
-    ws = workspace(root) if not (root / "ws").exists() else root / "ws"
+    paths = bench_paths(root / "cowork")
+    ws = workspace(root / "ws") if not (root / "ws").exists() else root / "ws"
     return Session.open(ws, paths=paths, settings=VMSettings(claude_dir=root / "no-claude"))
 
 

@@ -15,28 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
+from benchlib import bench_paths, private_cache, workspace
+
+from cowork.daemon.server import _rss_kib
 from cowork.host import warm
 from cowork.host.events import EventBus
 from cowork.host.pool import PoolKey, PoolPlan, Pools
 from cowork.host.session import Session, VMSettings
-from cowork.paths import OVERLAY_FILE, Paths
-
-
-def _rss_kib(pid: int | None) -> int | None:
-    if pid is None:
-        return None
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return None
+from cowork.paths import OVERLAY_FILE
 
 
 def _allocated(path: Path) -> int:
@@ -44,12 +36,8 @@ def _allocated(path: Path) -> int:
 
 
 def _start(root: Path, cache: Path, mode: str, memory: int, i: int) -> dict[str, object]:
-    paths = replace(Paths.under(root / f"{mode}-{i}"), cache=cache, runtime=Path(
-        tempfile.mkdtemp(prefix="cwb", dir="/tmp")))  # fmt: skip
-    ws = root / f"ws-{mode}-{i}"
-    ws.mkdir(parents=True)
-    if os.getuid() == 0:
-        os.chown(ws, 4321, 4321)
+    paths = bench_paths(root / f"{mode}-{i}", cache)
+    ws = workspace(root / f"ws-{mode}-{i}")
     claude = root / f"claude-{mode}-{i}"
     claude.mkdir()
     settings = VMSettings(claude_dir=claude, memory_mib=memory, start_mode=mode)
@@ -73,12 +61,8 @@ def _start(root: Path, cache: Path, mode: str, memory: int, i: int) -> dict[str,
 
 def _pool_takes(root: Path, cache: Path, memory: int, n: int) -> list[dict[str, object]]:
     """Take from a one-guest pool ``n`` times, waiting for the refill in between."""
-    paths = replace(Paths.under(root / "pool"), cache=cache, runtime=Path(
-        tempfile.mkdtemp(prefix="cwb", dir="/tmp")))  # fmt: skip
-    ws = root / "ws-pool"
-    ws.mkdir(parents=True)
-    if os.getuid() == 0:
-        os.chown(ws, 4321, 4321)
+    paths = bench_paths(root / "pool", cache)
+    ws = workspace(root / "ws-pool")
     claude = root / "claude-pool"
     claude.mkdir()
     settings = VMSettings(claude_dir=claude, memory_mib=memory, start_mode="restore")
@@ -125,9 +109,7 @@ def main() -> None:
     parser.add_argument("--memory", type=int, default=1024)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="cowork-bench-warm-"))
-    cache = root / "cache"
-    cache.mkdir()
-    (cache / "images").symlink_to(Paths().images, target_is_directory=True)
+    cache = private_cache(root)
     try:
         t0 = time.perf_counter()
         first = _start(root, cache, "restore", args.memory, 0)  # builds the template
