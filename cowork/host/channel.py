@@ -105,6 +105,7 @@ class CommandChannel(Protocol):
         check: bool = False,
         on_stdout: Callable[[bytes], None] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> Result: ...
 
 
@@ -635,12 +636,16 @@ class Channel:
         check: bool = False,
         on_stdout: Callable[[bytes], None] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> Result:
         """Run ``cmd`` with ``bash -c`` in the guest (in ``cwd``, default ``/workspace``).
 
         Output is collected and also passed to the callbacks as it arrives. After ``timeout``
-        seconds, or on KeyboardInterrupt, the command's whole process group is killed; a
-        timeout gives exit status 124 and ``timed_out=True``, an interrupt is re-raised.
+        seconds, on KeyboardInterrupt, or once ``stop`` is set, the command's whole process
+        group is killed; a timeout gives exit status 124 and ``timed_out=True``, an interrupt
+        is re-raised and a stop raises :class:`KeyboardInterrupt` too. (``stop`` is for
+        another thread: an asynchronous exception cannot be aimed at a thread reliably while
+        it starts threads of its own.)
         """
         command = command_line(cmd)
         variables = check_env(env)
@@ -653,7 +658,7 @@ class Channel:
         chan = self._open_session()
         try:
             result = self._drive(
-                chan, script, job, command, data, deadline, start, on_stdout, on_stderr
+                chan, script, job, command, data, deadline, start, on_stdout, on_stderr, stop
             )
         finally:
             with suppress(Exception):
@@ -681,6 +686,7 @@ class Channel:
         start: float,
         on_stdout: Callable[[bytes], None] | None,
         on_stderr: Callable[[bytes], None] | None,
+        stop: threading.Event | None,
     ) -> Result:
         out: list[bytes] = []
         err: list[bytes] = []
@@ -722,15 +728,21 @@ class Channel:
         # recv with a timeout needs no lock with the writer: paramiko channels are thread-safe.
         writer = threading.Thread(target=feed_input, name="cowork-run-stdin", daemon=True)
         reader = threading.Thread(target=read_stderr, name="cowork-run-stderr", daemon=True)
-        if data:
-            writer.start()
-        else:
-            with suppress(OSError, EOFError, paramiko.SSHException):
-                chan.shutdown_write()
-        reader.start()
         timed_out = False
-        try:
-            while True:
+
+        def stopped() -> bool:
+            if stop is not None and stop.is_set():
+                raise KeyboardInterrupt
+            return False
+
+        try:  # from here on, whatever ends the wait kills the command's processes
+            if data:
+                writer.start()
+            else:
+                with suppress(OSError, EOFError, paramiko.SSHException):
+                    chan.shutdown_write()
+            reader.start()
+            while not stopped():
                 if problems:
                     raise problems[0]
                 if deadline is not None and time.monotonic() >= deadline:
@@ -750,7 +762,7 @@ class Channel:
                 if on_stdout is not None:
                     on_stdout(chunk)
             if not timed_out:
-                while not chan.status_event.wait(0.2):
+                while not chan.status_event.wait(0.2) and not stopped():
                     if deadline is not None and time.monotonic() >= deadline:
                         timed_out = True
                         break

@@ -107,6 +107,7 @@ class FakeChannel:
         check: bool = False,
         on_stdout: Callable[[bytes], None] | None = None,
         on_stderr: Callable[[bytes], None] | None = None,
+        stop: threading.Event | None = None,
     ) -> Result:
         if self._closed:
             raise ChannelError("the channel to the guest was closed")
@@ -149,8 +150,6 @@ class FakeChannel:
             threading.Thread(target=pump, args=(proc.stdout, out, on_stdout), daemon=True),
             threading.Thread(target=pump, args=(proc.stderr, err, on_stderr), daemon=True),
         ]
-        for t in threads:
-            t.start()
 
         def feed() -> None:
             assert proc.stdin is not None
@@ -158,26 +157,30 @@ class FakeChannel:
                 if data:
                     proc.stdin.write(data)
                 proc.stdin.close()
-            except OSError:
+            except (OSError, ValueError):  # the command ended, or was killed
                 pass
 
-        threading.Thread(target=feed, daemon=True).start()
         timed_out = False
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
+        deadline = None if timeout is None else start + timeout
+        try:  # from here on, an interrupt kills the command's processes, then is raised
+            for t in threads:
+                t.start()
+            threading.Thread(target=feed, daemon=True).start()
+            while True:  # in slices, like the real channel: an interrupt is taken at once
+                if stop is not None and stop.is_set():
+                    raise KeyboardInterrupt
+                left = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+                try:
+                    proc.wait(max(left, 0.0))
+                    break
+                except subprocess.TimeoutExpired:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        timed_out = True
+                        break
         except BaseException:
-            _killpg(proc.pid)
+            self._end(proc, threads, killed=True)
             raise
-        if timed_out:
-            _killpg(proc.pid)
-            proc.wait()
-        for t in threads:
-            t.join(timeout=None if not timed_out else 5.0)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        self._end(proc, threads, killed=timed_out)
         result = Result(
             command=command,
             exited=TIMEOUT_STATUS if timed_out else _status(proc.returncode),
@@ -190,6 +193,19 @@ class FakeChannel:
         if check and not result.ok:
             raise failed(result)
         return result
+
+    @staticmethod
+    def _end(proc: subprocess.Popen[bytes], readers: list[threading.Thread], killed: bool) -> None:
+        if killed:
+            _killpg(proc.pid)
+            proc.wait()
+        for t in readers:
+            if t.ident is not None:  # started
+                t.join(timeout=5.0 if killed else None)
+        for stream in (proc.stdin if killed else None, proc.stdout, proc.stderr):
+            if stream is not None:
+                with contextlib.suppress(OSError, ValueError):  # stdin: feed may close it too
+                    stream.close()
 
     def local_dir(self, cwd: str | None) -> Path:
         """Where a guest directory is here: ``/workspace[/x]`` maps to ``root[/x]``."""

@@ -203,6 +203,21 @@ def test_keyboard_interrupt_kills_the_command_and_propagates(ch: Channel, tmp_pa
     assert _wait_gone(int(pids.read_text()))
 
 
+def test_a_stop_from_another_thread_kills_the_command(ch: Channel, tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    stop = threading.Event()
+
+    def on_stdout(chunk: bytes) -> None:
+        if b"started" in chunk:
+            threading.Thread(target=stop.set).start()
+
+    with pytest.raises(KeyboardInterrupt):
+        ch.run(f"sleep 1000 & echo $! > {pids}; echo started; wait", on_stdout=on_stdout,
+               stop=stop)  # fmt: skip
+    assert _wait_gone(int(pids.read_text()))
+    assert ch.run("echo still here").stdout == "still here\n"
+
+
 def test_concurrent_commands_share_one_transport(ch: Channel) -> None:
     results: dict[int, Result] = {}
 
