@@ -183,8 +183,14 @@ class Managed:
     session: Any  # cowork.host.session.Session
     kept: bool
     busy: threading.Lock = field(default_factory=threading.Lock)
+    #: The thread running the session's task or command, and the face whose request it is;
+    #: set and cleared under ``work_lock`` (see :meth:`Daemon._stop_task`). A command is
+    #: stopped through ``stop_work``; a task by an interrupt raised in its thread.
     task_thread: threading.Thread | None = None
-    task_face: Conn | None = None  # the connection whose request runs the task
+    task_face: Conn | None = None
+    work_lock: threading.Lock = field(default_factory=threading.Lock)
+    stop_work: threading.Event = field(default_factory=threading.Event)
+    interrupt_work: bool = False
     stopping: bool = False
     fault: str | None = None  # why the watchdog removed it
     removed: threading.Event = field(default_factory=threading.Event)
@@ -242,6 +248,28 @@ def _peer(sock: socket.socket) -> tuple[int, int]:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, _gid = struct.unpack("3i", raw)
     return pid, uid
+
+
+def _begin_work(ms: Managed, conn: Conn, *, interrupt: bool) -> bool:
+    """Register the calling thread as running ``ms``'s task (``interrupt``: stopped by an
+    interrupt raised in it) or command (stopped through ``ms.stop_work``) for ``conn``;
+    whether that face is still there (one that went away while the VM started is not waited
+    for)."""
+    with ms.work_lock:
+        ms.task_thread = threading.current_thread()
+        ms.task_face = conn
+        ms.stopping = False
+        ms.stop_work = threading.Event()
+        ms.interrupt_work = interrupt
+    return conn.alive
+
+
+def _end_work(ms: Managed) -> None:
+    """Unregister the calling thread. A stop raised while it waited for the lock is taken
+    here, so it cannot reach the clean-up after (the work had finished anyway)."""
+    with contextlib.suppress(KeyboardInterrupt), ms.work_lock:
+        ms.task_thread = None
+        ms.task_face = None
 
 
 def _interrupt(thread: threading.Thread) -> None:
@@ -723,17 +751,25 @@ class Daemon:
         )
 
     def _stop_task(self, ms: Managed, why: str) -> bool:
-        thread = ms.task_thread
-        if thread is None or not thread.is_alive():
-            return False
-        ms.stopping = True
-        self.approvals.refuse_all(ms.name, "stopped")
-        _interrupt(thread)
+        """Stop the task or command running in ``ms``, if any. A task's interrupt is raised
+        only while its thread is still registered (under ``work_lock``), so it lands before
+        :func:`_end_work`, never in the clean-up after it."""
+        with ms.work_lock:
+            thread = ms.task_thread
+            if thread is None or not thread.is_alive():
+                return False
+            ms.stopping = True
+            ms.stop_work.set()
+            self.approvals.refuse_all(ms.name, "stopped")
+            if ms.interrupt_work:
+                _interrupt(thread)
         return True
 
 
 #: How long a request waits for the watchdog to finish removing a failed session.
 CLOSE_WAIT_S = 120.0
+#: The exit status a face gets for a command that was stopped (the shell's for Ctrl-C).
+STOPPED_EXIT = 130
 #: How often the watchdog looks at every session's VM.
 WATCH_INTERVAL_S = 2.0
 #: Free space below which a paused VM is taken to have run out of disk.
@@ -838,15 +874,30 @@ def _exec(d: Daemon, conn: Conn, req: p.Exec) -> p.Reply:
 
             return send
 
+        # A face that goes away, or a stop, ends the command.
+        present = _begin_work(ms, conn, interrupt=False)
+        result = None
         try:
-            result = ms.session.channel.run(
-                req.command, timeout=req.timeout, on_stdout=out("stdout"), on_stderr=out("stderr")
-            )
+            if present:
+                result = ms.session.channel.run(
+                    req.command,
+                    timeout=req.timeout,
+                    on_stdout=out("stdout"),
+                    on_stderr=out("stderr"),
+                    stop=ms.stop_work,
+                )
+        except KeyboardInterrupt:
+            pass  # the channel killed the command's processes in the guest
         except CoworkError as exc:
             why = d._fault(ms, exc)
             if why is not None:
                 raise SessionGone(why) from exc
             raise
+        finally:
+            _end_work(ms)
+        if result is None:
+            d._notice(ms.name, "the command was stopped", to)
+            return p.ExecResult(exit_code=STOPPED_EXIT)
         code = result.exited if 0 <= result.exited < 256 else 1
         return p.ExecResult(exit_code=code, timed_out=bool(result.timed_out))
     finally:
@@ -948,26 +999,25 @@ def _run_task(d: Daemon, conn: Conn, req: p.RunTask) -> p.Reply:
             ),
             on_notice=lambda m: d._notice(name, m, to),
         )
-        ms.task_thread = threading.current_thread()
-        ms.task_face = conn
-        ms.stopping = False
+        present = _begin_work(ms, conn, interrupt=True)
         error: BaseException | None = None
+        summary = None
         try:
-            summary = run_session_task(
-                ms.session,
-                req.task,
-                approver=approver,
-                options=options,
-                callbacks=callbacks,
-                **d._task_overrides,
-            )
+            if present:
+                summary = run_session_task(
+                    ms.session,
+                    req.task,
+                    approver=approver,
+                    options=options,
+                    callbacks=callbacks,
+                    **d._task_overrides,
+                )
         except KeyboardInterrupt:
             summary = None
         except CoworkError as exc:
             summary, error = None, exc
         finally:
-            ms.task_thread = None
-            ms.task_face = None
+            _end_work(ms)
         full = summary is not None and "No space left" in summary.error
         fault = d._fault(ms, error or (OSError(28, summary.error) if full and summary else None))
         if fault is not None:

@@ -164,6 +164,52 @@ def test_stop_task_from_another_face(service):
         assert service.opened[0].closed
 
 
+def _long_command(service, face, started: threading.Event, holder: dict) -> threading.Thread:
+    """``exec`` a command that says it started, then would write a file a minute later."""
+
+    def run() -> None:
+        with contextlib.suppress(DaemonError):
+            holder["r"] = face.exec(
+                p.Exec(workspace=str(service.workspace),
+                       command="echo started; sleep 60; echo late > late.txt"),
+                on_stdout=lambda b: b"started" in b and started.set(),
+                on_stderr=lambda _b: None,
+            )  # fmt: skip
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_a_face_that_goes_away_stops_its_command(service):
+    started = threading.Event()
+    face = service.client()
+    _long_command(service, face, started, {})
+    assert started.wait(10)
+    face.close()
+    # The command's processes are killed (not left to finish), and the VM it started goes.
+    assert wait_until(lambda: service.opened and service.opened[0].closed)
+    with service.client() as other:
+        assert other.call(p.ListSessions()).sessions == []
+    time.sleep(0.5)
+    assert not (service.workspace / "late.txt").exists()
+
+
+def test_stop_from_another_face_stops_a_command(service):
+    started = threading.Event()
+    holder: dict[str, p.ExecResult] = {}
+    with service.client() as face, service.client() as other:
+        t = _long_command(service, face, started, holder)
+        assert started.wait(10)
+        [s] = other.call(p.ListSessions()).sessions
+        assert s.busy
+        other.call(p.StopTask(session=s.name))
+        t.join(10)
+        assert holder["r"].exit_code == 130
+        assert service.opened[0].closed
+    assert not (service.workspace / "late.txt").exists()
+
+
 def test_a_bad_mode_is_refused_before_anything_runs(service):
     with service.client() as c, pytest.raises(DaemonError, match="unknown approval mode"):
         c.run_task(

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import select
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -20,6 +25,44 @@ def cli(tmp_path, image_ready):
         yield c
     finally:
         c.close()  # the service the commands started goes too
+
+
+def _in_terminal(cli, args, typed: bytes, timeout: float = 300) -> tuple[bytes, int]:
+    """Run ``cowork ARGS`` on a new terminal, type ``typed``, and read everything it shows
+    until it exits; its output and exit status."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cowork", *args],
+        stdin=slave, stdout=slave, stderr=slave, env=cli.env, cwd=cli.root,
+        start_new_session=True,
+    )  # fmt: skip
+    os.close(slave)
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    typed_yet = False
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the terminal closed: everything on it has gone
+                break
+            if not chunk:
+                break
+            out += chunk
+            if not typed_yet and b"$ " in out:  # the guest shell's prompt
+                os.write(master, typed)
+                typed_yet = True
+        return bytes(out), proc.wait(60)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _sessions(cli):
@@ -75,6 +118,25 @@ def test_vm_up_exec_status_down(cli, tmp_path):
         assert status.returncode == 0, status.stderr
         for text in ("boot time:", "accel:", "/workspace", "read-write", "read-only"):
             assert text in status.stdout
+
+        # `cowork shell` through the service, on a real terminal.
+        out, code = _in_terminal(cli, ["shell", "--workspace", str(ws)],
+                                 b"echo hi-$((6*7)); exit 7\n")  # fmt: skip
+        assert code == 7 and b"hi-42" in out, out
+
+        # Ctrl-C on `cowork exec` stops the command in the VM, not only the command here.
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cowork", "exec", "--workspace", str(ws), "--",
+             "echo started; exec sleep 600"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli.env, cwd=cli.root,
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stdout.readline() == b"started\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(120) == 130
+        proc.stdout.close()
+        proc.stderr.close()  # type: ignore[union-attr]
+        left = cli("exec", "--workspace", str(ws), "--", "pgrep -x sleep || echo none")
+        assert left.returncode == 0 and left.stdout == "none\n", left
 
         # A second `vm up` for the same folder boots nothing: the service says it is up.
         again = cli("vm", "up", "--workspace", str(ws))
