@@ -194,6 +194,7 @@ class Managed:
     stopping: bool = False
     fault: str | None = None  # why the watchdog removed it
     removed: threading.Event = field(default_factory=threading.Event)
+    close_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def name(self) -> str:
@@ -643,16 +644,22 @@ class Daemon:
         return None
 
     def _close(self, ms: Managed) -> None:
+        """Remove ``ms``. A second caller (the watchdog and a request can both get here)
+        waits for the first to finish, so nobody is told the VM is gone while its files
+        are still being removed."""
         with self._lock:
             self._sessions.pop(ms.name, None)
-        try:
-            ms.session.close()
-        except CoworkError as exc:
-            log.error("could not remove VM %s: %s", ms.name, exc)
-            return
-        finally:
-            ms.removed.set()
-        self._unrecord(ms.name)
+        with ms.close_lock:
+            if ms.removed.is_set():
+                return
+            try:
+                ms.session.close()
+            except CoworkError as exc:
+                log.error("could not remove VM %s: %s", ms.name, exc)
+                return
+            finally:
+                ms.removed.set()
+            self._unrecord(ms.name)
 
     def _watch(self) -> None:
         """Every few seconds: a session whose VM stopped, crashed or was paused by its
@@ -896,6 +903,9 @@ def _exec(d: Daemon, conn: Conn, req: p.Exec) -> p.Reply:
         finally:
             _end_work(ms)
         if result is None:
+            why = d._fault(ms, None)  # stopped because the VM died: say so, as when it fails
+            if why is not None:
+                raise SessionGone(why)
             d._notice(ms.name, "the command was stopped", to)
             return p.ExecResult(exit_code=STOPPED_EXIT)
         code = result.exited if 0 <= result.exited < 256 else 1

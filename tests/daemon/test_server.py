@@ -210,6 +210,30 @@ def test_stop_from_another_face_stops_a_command(service):
     assert not (service.workspace / "late.txt").exists()
 
 
+def test_a_command_in_a_vm_that_dies_ends_with_why_not_as_stopped(service):
+    started = threading.Event()
+    holder: dict[str, p.ExecResult] = {}
+    with service.client() as face:
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                holder["r"] = face.exec(
+                    p.Exec(workspace=str(service.workspace), command="echo started; sleep 60"),
+                    on_stdout=lambda b: b"started" in b and started.set(),
+                    on_stderr=lambda _b: None,
+                )
+            except DaemonError as exc:
+                errors.append(exc)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        assert started.wait(10)
+        service.backend.running.clear()  # the VM is gone; the service's watchdog notices
+        t.join(30)
+        assert not holder and len(errors) == 1 and "stopped unexpectedly" in str(errors[0])
+
+
 def test_a_bad_mode_is_refused_before_anything_runs(service):
     with service.client() as c, pytest.raises(DaemonError, match="unknown approval mode"):
         c.run_task(
