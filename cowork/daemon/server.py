@@ -191,10 +191,14 @@ class Managed:
     work_lock: threading.Lock = field(default_factory=threading.Lock)
     stop_work: threading.Event = field(default_factory=threading.Event)
     interrupt_work: bool = False
-    stopping: bool = False
     fault: str | None = None  # why the watchdog removed it
     removed: threading.Event = field(default_factory=threading.Event)
     close_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the running task or command was asked to stop."""
+        return self.stop_work.is_set()
 
     @property
     def name(self) -> str:
@@ -259,7 +263,6 @@ def _begin_work(ms: Managed, conn: Conn, *, interrupt: bool) -> bool:
     with ms.work_lock:
         ms.task_thread = threading.current_thread()
         ms.task_face = conn
-        ms.stopping = False
         ms.stop_work = threading.Event()
         ms.interrupt_work = interrupt
     return conn.alive
@@ -765,7 +768,6 @@ class Daemon:
             thread = ms.task_thread
             if thread is None or not thread.is_alive():
                 return False
-            ms.stopping = True
             ms.stop_work.set()
             self.approvals.refuse_all(ms.name, "stopped")
             if ms.interrupt_work:
