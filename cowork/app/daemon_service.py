@@ -65,6 +65,10 @@ _SKIPPED_BUS_KINDS = frozenset(
         Kind.AGENT_TEXT,
         Kind.ACTION_DECIDED,
         Kind.AGENT_FINISHED,
+        # The adapter says how and when a task ended once its request is answered (after
+        # the service has closed its VM and kept its changes); the VM's own end, sent while
+        # the service closes it, would come first and make a finished task read as stopped.
+        Kind.SESSION_ENDED,
     )
 )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -127,6 +128,35 @@ def test_a_task_with_one_approval_allowed(env):
     (info,) = [s for s in svc.sessions() if s.id == sid]
     assert info.state is SessionState.FINISHED and info.folder == env.ws.resolve()
     assert svc.pending_approvals() == []
+
+
+def test_a_finished_task_reads_as_finished_even_when_its_reply_comes_late(env, monkeypatch):
+    """The service closes a task's VM (and says so) before it answers the task's request;
+    a face that took the VM's end for the task's end showed a finished task as stopped,
+    without its last line. The task ends once, after its last words."""
+    from cowork.daemon import protocol as p
+    from cowork.daemon.client import Client
+
+    wait = Client.wait
+
+    def late(self: Client, rid: int, timeout: float | None = None) -> p.Reply:
+        reply = wait(self, rid, timeout)
+        if isinstance(reply, p.TaskResult):
+            time.sleep(0.5)  # the VM's end arrives meanwhile
+        return reply
+
+    monkeypatch.setattr(Client, "wait", late)
+    svc = env.svc
+    svc.task_mode = "auto"
+    events: list[Event] = []
+    svc.subscribe(events.append)
+    sid = svc.start_task(env.ws.resolve(), "summarise")
+    assert wait_until(lambda: any(e.kind is Kind.SESSION_ENDED for e in events), 20)
+    kinds = [e.kind for e in events if e.session == sid]
+    assert kinds[-2:] == [Kind.AGENT_FINISHED, Kind.SESSION_ENDED], kinds
+    assert kinds.count(Kind.AGENT_FINISHED) == kinds.count(Kind.SESSION_ENDED) == 1
+    last_text = max(i for i, k in enumerate(kinds) if k is Kind.AGENT_TEXT)
+    assert last_text < kinds.index(Kind.AGENT_FINISHED)
 
 
 def test_stop_a_waiting_task(env):
